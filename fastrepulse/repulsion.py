@@ -1,0 +1,216 @@
+"""`repel`: the exact contextual-repulsion operator, in two passes over the samples."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
+from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
+from fastrepulse.reference import apply_torch, gram_torch, repel_literal
+from fastrepulse.solver import solve
+
+Backend = Literal["auto", "triton", "torch", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "reference")
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def repel(
+    x: torch.Tensor,
+    *,
+    scale: float,
+    iterations: int = 50,
+    group_size: int | None = None,
+    objective: Objective = "vendi",
+    kernel: Kernel = "cosine",
+    backend: Backend = "auto",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Push the samples of each group apart: `iterations` gradient-ascent steps on a diversity objective.
+
+    Each sample ``x[i]`` is flattened to a vector c_i; samples form contiguous groups of `group_size`.
+    The result equals `iterations` explicit steps ``c_i <- c_i + (scale / iterations) grad_{c_i} H``
+    inside each group (the paper's Eq. 2), computed exactly in two passes: a Gram matrix per group,
+    all steps on B x B matrices in float64, then ``x + (P - I) x``. See `fastrepulse.forces` for H.
+
+    Args:
+        x: samples [B, ...] in bfloat16, float16, float32 or float64; any strides.
+        scale: total step size (the paper's eta), >= 0. Cosine forces scale like 1/|c|, so useful
+            values grow with the samples' norm (the paper uses 5e2 .. 8e9).
+        iterations: number of ascent steps (the paper's M), >= 0.
+        group_size: samples per group; must divide B. Default: one group of all B samples.
+        objective: "vendi" (von Neumann entropy of K / B) or "energy" (-sum_{i != j} K_ij).
+        kernel: "cosine" or "rbf" (median-rule bandwidth, fixed from the input).
+        backend: "triton" (fused kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
+            "torch" (same algorithm, eager, any device), "reference" (the paper's literal loop,
+            2 x iterations passes) or "auto" (triton for CUDA tensors when Triton imports, else torch).
+        out: where to write the result, same shape, dtype and device as x; may be x itself.
+
+    Returns:
+        The repelled samples, shape, dtype and device of x (`out` when given). Not differentiable.
+
+    Raises:
+        ValueError: non-finite samples, a zero sample under the cosine kernel, a group size that does
+            not divide B, a bad argument, or steps so large that the iteration diverged. x and out
+            are untouched when this is raised.
+        TypeError: a non-floating dtype, or an `out` that does not match x.
+
+    Example:
+        >>> x = torch.randn(4, 16, 8)
+        >>> y = repel(x, scale=50.0, iterations=20, backend="torch")
+        >>> y.shape
+        torch.Size([4, 16, 8])
+    """
+    group_size = _check_arguments(x, scale, iterations, group_size, objective, kernel, backend, out)
+    backend = _resolve_backend(backend, x)
+    num_samples = x.shape[0]
+    if scale == 0 or iterations == 0 or group_size == 1 or x.numel() == 0:
+        return x.clone() if out is None else _write(out, x)
+
+    with torch.no_grad():
+        rows = x.reshape(num_samples, -1)
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        check = _gram_checker(kernel)
+        if backend == "reference":
+            update = repel_literal(
+                rows, group_size, scale=scale, iterations=iterations, objective=objective, kernel=kernel,
+                check_gram=check,
+            )
+            update = update.view(x.shape)
+            return update.to(x.dtype) if out is None else _write(out, update)
+
+        gram_fn, apply_fn = _passes(backend)
+        with GRAM_RANGE:
+            gram = gram_fn(rows, group_size)
+        with SOLVE_RANGE:
+            gram = gram.cpu()
+            check(gram)
+            mix = solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
+            if not torch.isfinite(mix).all():
+                raise ValueError(
+                    f"repulsion diverged with scale={scale} and iterations={iterations}: the steps overshoot; "
+                    "lower scale or raise iterations"
+                )
+        with APPLY_RANGE:
+            if out is None:
+                out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            if out.is_contiguous():
+                apply_fn(rows, mix, out.view(num_samples, -1))
+            else:
+                staged = apply_fn(rows, mix, torch.empty_like(rows))
+                out.copy_(staged.view(x.shape))
+    return out
+
+
+def _passes(backend: str):
+    if backend == "triton":
+        from fastrepulse.kernels import apply_update, gram
+
+        return gram, apply_update
+    return gram_torch, apply_torch
+
+
+def _gram_checker(kernel: str):
+    """A check of the first Gram matrices [G, B, B] that names the bad samples before anything is written."""
+
+    def check(gram: torch.Tensor) -> None:
+        sq_norm = gram.diagonal(dim1=-2, dim2=-1).reshape(-1)
+        bad = (~torch.isfinite(sq_norm)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"x has NaN or Inf values (or squares that overflow float32) in sample(s) {bad}; "
+                "repel needs finite samples"
+            )
+        if kernel == "cosine":
+            zero = (sq_norm == 0).nonzero().flatten().tolist()
+            if zero:
+                raise ValueError(
+                    f"sample(s) {zero} of x are all zeros, which have no direction under kernel='cosine'; "
+                    "drop them or use kernel='rbf'"
+                )
+
+    return check
+
+
+def _check_arguments(
+    x: torch.Tensor,
+    scale: float,
+    iterations: int,
+    group_size: int | None,
+    objective: str,
+    kernel: str,
+    backend: str,
+    out: torch.Tensor | None,
+) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be bfloat16, float16, float32 or float64, got {x.dtype}; convert it with x.float()")
+    if x.dim() < 1:
+        raise ValueError("x must have a leading sample dimension [B, ...], got a 0-d tensor")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    num_samples = x.shape[0]
+    if group_size is None:
+        group_size = max(num_samples, 1)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if num_samples % group_size:
+        raise ValueError(
+            f"group_size={group_size} does not divide the {num_samples} samples of x (shape {tuple(x.shape)}); "
+            "pass a divisor of x.shape[0]"
+        )
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            raise TypeError(
+                f"out must match x: x is {tuple(x.shape)} {x.dtype} on {x.device}, "
+                f"out is {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
+    return group_size
+
+
+def _resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend == "auto":
+        return "triton" if x.is_cuda and _triton_available() else "torch"
+    if backend == "triton":
+        if not _triton_available():
+            raise ValueError("backend='triton' needs the triton package; install it or use backend='torch'")
+        if not x.is_cuda and not _interpreting():
+            raise ValueError(
+                f"backend='triton' runs on CUDA tensors, x is on {x.device}; use backend='torch' "
+                "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU for tests)"
+            )
+    return backend
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    from triton import knobs
+
+    return bool(knobs.runtime.interpret)
+
+
+def _write(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    if source is not out:
+        out.copy_(source)
+    return out

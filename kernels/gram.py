@@ -1,0 +1,76 @@
+"""Pass 1: the grouped Gram kernel, G[g] = X[g] X[g]^T for every group g of a [N, L] matrix.
+
+L is split across many programs; each writes a partial [B, B] sum of its contiguous share of L, and
+the partials are added in a fixed order on the host side of the launch, so the same input always
+gives the same bits (no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastrepulse.kernels.tiling import Tiling, dot_precision, pick_tiling
+
+
+@triton.jit
+def _gram_kernel(
+    x_ptr,
+    partial_ptr,
+    stride_row,
+    L,
+    CHUNKS_PER_SPLIT,
+    B: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64)."""
+    i_s = tl.program_id(0)
+    i_g = tl.program_id(1)
+    num_splits = tl.num_programs(0)
+
+    o_b = tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    p_rows = x_ptr + (i_g * B + o_b).to(tl.int64) * stride_row
+    acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
+    l_start = i_s * CHUNKS_PER_SPLIT * BLOCK_L
+    for i_c in range(CHUNKS_PER_SPLIT):
+        o_l = l_start + i_c * BLOCK_L + tl.arange(0, BLOCK_L)
+        m_l = o_l < L
+        # [BLOCK_B, BLOCK_L]
+        b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & m_l[None, :], other=0.0)
+        # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
+        b_acc = tl.dot(b_x, tl.trans(b_x), b_acc, input_precision=INPUT_PRECISION, out_dtype=acc_dtype)
+
+    o_out = (i_g * num_splits + i_s).to(tl.int64) * B * B + o_b[:, None] * B + o_b[None, :]
+    tl.store(partial_ptr + o_out, b_acc, mask=m_b[:, None] & m_b[None, :])
+
+
+def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
+    """Gram matrices [N / group_size, group_size, group_size] (float64) of the rows of x [N, L].
+
+    x must have unit stride along L; rows are grouped contiguously. Accumulates in float32
+    (float64 for float64 x) inside a program and sums the per-program partials in float64.
+    """
+    num_rows, length = x.shape
+    num_groups = num_rows // group_size
+    tiling = tiling or pick_tiling(group_size, length, num_groups, x.dtype, x.device)
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    partial = torch.empty(num_groups, tiling.splits, group_size, group_size, dtype=acc_dtype, device=x.device)
+    _gram_kernel[(tiling.splits, num_groups)](
+        x_ptr=x,
+        partial_ptr=partial,
+        stride_row=x.stride(0),
+        L=length,
+        CHUNKS_PER_SPLIT=tiling.chunks_per_split,
+        B=group_size,
+        BLOCK_B=tiling.block_b,
+        BLOCK_L=tiling.block_l,
+        INPUT_PRECISION=dot_precision(x.dtype),
+        num_warps=tiling.num_warps,
+        num_stages=tiling.num_stages,
+    )
+    return partial.sum(dim=1, dtype=torch.float64)

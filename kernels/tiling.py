@@ -1,0 +1,66 @@
+"""Block sizes and grid splits for the Gram and apply kernels, picked from the shape.
+
+Picked, not autotuned: the split of L fixes the order of the float sums, so a shape must always get
+the same split for the same bits; and repel runs inside pipeline hooks where a first-call tuning
+sweep would stall generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import triton
+
+TILE_ELEMENTS = 4096
+"""Elements of one [BLOCK_B, BLOCK_L] tile: 8 KiB of bf16, enough loads in flight per program."""
+PROGRAMS_PER_SM = 4
+"""Gram programs per multiprocessor: enough to hide memory latency, few enough partials to sum."""
+INTERPRETER_PROGRAMS = 8
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a [groups * B, L] matrix is cut: tiles of [block_b, block_l], and L in `splits` shares."""
+
+    block_b: int
+    block_l: int
+    splits: int
+    chunks_per_split: int
+    num_warps: int
+    num_stages: int
+
+
+def pick_tiling(group_size: int, length: int, num_groups: int, dtype: torch.dtype, device: torch.device) -> Tiling:
+    """The tiling of both kernels for groups of `group_size` rows of `length` elements.
+
+    tl.dot needs every dim >= 16, so groups are padded to block_b = max(16, next power of 2) rows
+    (masked: padding rows are never read from memory).
+    """
+    block_b = max(16, triton.next_power_of_2(group_size))
+    block_l = max(16, TILE_ELEMENTS // block_b)
+    if dtype == torch.float64:
+        block_l //= 2
+    chunks = triton.cdiv(length, block_l)
+    target = _program_budget(device)
+    splits = min(chunks, max(1, triton.cdiv(target, num_groups)))
+    chunks_per_split = triton.cdiv(chunks, splits)
+    splits = triton.cdiv(chunks, chunks_per_split)
+    return Tiling(block_b, block_l, splits, chunks_per_split, num_warps=4, num_stages=3)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: fp32 operands in three tf32 products (about fp32-exact), others exact."""
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+def _program_budget(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
