@@ -71,5 +71,5 @@ def repel_literal(
         else:
             weights = (dh_dk * kernel_mat / bandwidth).to(samples.dtype)
             grad = (torch.bmm(weights, samples) - samples * (pull / bandwidth).to(samples.dtype)) * 4.0
-        samples.add_(grad, alpha=step)
+        samples.add_(grad.mul_(step))
     return samples

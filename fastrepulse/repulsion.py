@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -75,11 +76,19 @@ def repel(
             rows = rows.contiguous()
         check = _gram_checker(kernel)
         if backend == "reference":
-            update = repel_literal(
-                rows, group_size, scale=scale, iterations=iterations, objective=objective, kernel=kernel,
-                check_gram=check,
-            )
-            update = update.view(x.shape)
+            update = _finite_steps(
+                lambda: repel_literal(
+                    rows,
+                    group_size,
+                    scale=scale,
+                    iterations=iterations,
+                    objective=objective,
+                    kernel=kernel,
+                    check_gram=check,
+                ),
+                scale,
+                iterations,
+            ).view(x.shape)
             return update.to(x.dtype) if out is None else _write(out, update)
 
         gram_fn, apply_fn = _passes(backend)
@@ -88,12 +97,11 @@ def repel(
         with SOLVE_RANGE:
             gram = gram.cpu()
             check(gram)
-            mix = solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
-            if not torch.isfinite(mix).all():
-                raise ValueError(
-                    f"repulsion diverged with scale={scale} and iterations={iterations}: the steps overshoot; "
-                    "lower scale or raise iterations"
-                )
+            mix = _finite_steps(
+                lambda: solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel),
+                scale,
+                iterations,
+            )
         with APPLY_RANGE:
             if out is None:
                 out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -103,6 +111,21 @@ def repel(
                 staged = apply_fn(rows, mix, torch.empty_like(rows))
                 out.copy_(staged.view(x.shape))
     return out
+
+
+def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int) -> torch.Tensor:
+    """run(), where a blown-up iteration (eigh failing on non-finite state, a non-finite result) is one clear error."""
+    message = (
+        f"repulsion diverged with scale={scale} and iterations={iterations}: the steps overshoot; "
+        "lower scale or raise iterations"
+    )
+    try:
+        result = run()
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(message) from error
+    if not torch.isfinite(result).all():
+        raise ValueError(message)
+    return result
 
 
 def _passes(backend: str):

@@ -43,7 +43,8 @@ def _apply_kernel(
     o_rows = (i_g * B + o_b).to(tl.int64)
 
     # [BLOCK_B, BLOCK_B]
-    b_mix = tl.load(mix_ptr + i_g * B * B + o_b[:, None] * B + o_b[None, :], mask=m_b[:, None] & m_b[None, :], other=0.0)
+    p_mix = mix_ptr + i_g * B * B + o_b[:, None] * B + o_b[None, :]
+    b_mix = tl.load(p_mix, mask=m_b[:, None] & m_b[None, :], other=0.0)
     # [BLOCK_B, BLOCK_L]
     b_x = tl.load(x_ptr + o_rows[:, None] * stride_x + o_l[None, :], mask=m_x, other=0.0)
     if SPLIT_MIX:
@@ -68,7 +69,7 @@ def apply_update(x: torch.Tensor, mix: torch.Tensor, out: torch.Tensor, tiling: 
     """
     num_groups, group_size, _ = mix.shape
     length = x.shape[1]
-    tiling = tiling or pick_tiling(group_size, length, num_groups, x.dtype, x.device)
+    tiling = tiling or pick_tiling(group_size, length, x.dtype, x.device)
     mix_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     mix = mix.to(device=x.device, dtype=mix_dtype).contiguous()
     _apply_kernel[(triton.cdiv(length, tiling.block_l), num_groups)](

@@ -57,7 +57,7 @@ def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torc
     """
     num_rows, length = x.shape
     num_groups = num_rows // group_size
-    tiling = tiling or pick_tiling(group_size, length, num_groups, x.dtype, x.device)
+    tiling = tiling or pick_tiling(group_size, length, x.dtype, x.device)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial = torch.empty(num_groups, tiling.splits, group_size, group_size, dtype=acc_dtype, device=x.device)
     _gram_kernel[(tiling.splits, num_groups)](

@@ -2,13 +2,14 @@
 
 Picked, not autotuned: the split of L fixes the order of the float sums, so a shape must always get
 the same split for the same bits; and repel runs inside pipeline hooks where a first-call tuning
-sweep would stall generation.
+sweep would stall generation. The split depends on the group's shape only, never on the number of
+groups, so a group's result is the same bits whatever other groups share the call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 import triton
@@ -16,7 +17,7 @@ import triton
 TILE_ELEMENTS = 4096
 """Elements of one [BLOCK_B, BLOCK_L] tile: 8 KiB of bf16, enough loads in flight per program."""
 PROGRAMS_PER_SM = 4
-"""Gram programs per multiprocessor: enough to hide memory latency, few enough partials to sum."""
+"""Gram programs per multiprocessor for one group: enough to hide memory latency, few partials to sum."""
 INTERPRETER_PROGRAMS = 8
 
 
@@ -32,7 +33,7 @@ class Tiling:
     num_stages: int
 
 
-def pick_tiling(group_size: int, length: int, num_groups: int, dtype: torch.dtype, device: torch.device) -> Tiling:
+def pick_tiling(group_size: int, length: int, dtype: torch.dtype, device: torch.device) -> Tiling:
     """The tiling of both kernels for groups of `group_size` rows of `length` elements.
 
     tl.dot needs every dim >= 16, so groups are padded to block_b = max(16, next power of 2) rows
@@ -43,8 +44,7 @@ def pick_tiling(group_size: int, length: int, num_groups: int, dtype: torch.dtyp
     if dtype == torch.float64:
         block_l //= 2
     chunks = triton.cdiv(length, block_l)
-    target = _program_budget(device)
-    splits = min(chunks, max(1, triton.cdiv(target, num_groups)))
+    splits = min(chunks, _program_budget(device))
     chunks_per_split = triton.cdiv(chunks, splits)
     splits = triton.cdiv(chunks, chunks_per_split)
     return Tiling(block_b, block_l, splits, chunks_per_split, num_warps=4, num_stages=3)
@@ -61,6 +61,6 @@ def _program_budget(device: torch.device) -> int:
     return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -64,11 +64,13 @@ def literal_loop(
     return torch.cat(groups).reshape(x.shape)
 
 
-def group_vendi(x: torch.Tensor, group_size: int, kernel: str = "cosine") -> torch.Tensor:
-    """Vendi score exp(H) of every group [G], from its definition."""
+def group_vendi(x: torch.Tensor, group_size: int, kernel: str = "cosine", bandwidth_from: torch.Tensor | None = None):
+    """Vendi score exp(H) of every group [G], from its definition; rbf bandwidths from `bandwidth_from` (x)."""
+    flat = x.detach().to(torch.float64).reshape(x.shape[0], -1)
+    source = flat if bandwidth_from is None else bandwidth_from.detach().to(torch.float64).reshape(x.shape[0], -1)
     scores = []
-    for c in x.detach().to(torch.float64).reshape(x.shape[0], -1).split(group_size):
-        bandwidth = median_bandwidth(c) if kernel == "rbf" else None
+    for c, c_source in zip(flat.split(group_size), source.split(group_size), strict=True):
+        bandwidth = median_bandwidth(c_source) if kernel == "rbf" else None
         scores.append(torch.exp(_objective(_kernel(c, kernel, bandwidth), "vendi")))
     return torch.stack(scores)
 

@@ -45,8 +45,14 @@ def test_matches_literal_autograd_loop(case, dtype, objective, kernel, backend):
     out = torch.full_like(x, float("nan"))
 
     result = repel(
-        x, scale=scale, iterations=ITERATIONS, group_size=size, objective=objective, kernel=kernel,
-        backend=backend, out=out,
+        x,
+        scale=scale,
+        iterations=ITERATIONS,
+        group_size=size,
+        objective=objective,
+        kernel=kernel,
+        backend=backend,
+        out=out,
     )
 
     assert result is out
