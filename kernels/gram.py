@@ -24,6 +24,7 @@ def _gram_kernel(
     B: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    SLICES: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64)."""
@@ -34,19 +35,61 @@ def _gram_kernel(
     o_b = tl.arange(0, BLOCK_B)
     m_b = o_b < B
     p_rows = x_ptr + (i_g * B + o_b).to(tl.int64) * stride_row
-    acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
     l_start = i_s * CHUNKS_PER_SPLIT * BLOCK_L
-    for i_c in range(CHUNKS_PER_SPLIT):
-        o_l = l_start + i_c * BLOCK_L + tl.arange(0, BLOCK_L)
-        m_l = o_l < L
-        # [BLOCK_B, BLOCK_L]
-        b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & m_l[None, :], other=0.0)
-        # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
-        b_acc = tl.dot(b_x, tl.trans(b_x), b_acc, input_precision=INPUT_PRECISION, out_dtype=acc_dtype)
+    if SLICES == 1:
+        b_gram = _tile_products(p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, INPUT_PRECISION)
+    else:
+        b_gram = _sliced_tile_products(
+            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, SLICES, INPUT_PRECISION
+        )
 
     o_out = (i_g * num_splits + i_s).to(tl.int64) * B * B + o_b[:, None] * B + o_b[None, :]
-    tl.store(partial_ptr + o_out, b_acc, mask=m_b[:, None] & m_b[None, :])
+    tl.store(partial_ptr + o_out, b_gram, mask=m_b[:, None] & m_b[None, :])
+
+
+@triton.jit
+def _tile_products(
+    p_rows, m_b, l_start, L, CHUNKS, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr
+):
+    """sum over CHUNKS tiles of X_tile X_tile^T, one [BLOCK_B, BLOCK_L] dot per tile."""
+    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
+    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
+    for i_c in range(CHUNKS):
+        o_l = l_start + i_c * BLOCK_L + tl.arange(0, BLOCK_L)
+        # [BLOCK_B, BLOCK_L]
+        b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
+        # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
+        b_acc = tl.dot(b_x, tl.trans(b_x), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
+    return b_acc
+
+
+@triton.jit
+def _sliced_tile_products(
+    p_rows,
+    m_b,
+    l_start,
+    L,
+    CHUNKS,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    SLICES: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """As `_tile_products`, with each tile cut into SLICES slices along L multiplied as one batched
+    [SLICES, B, B] product: every warp works on its own slice, where a 16 x 16 dot would repeat the
+    same small product in every warp. The slices are summed once at the end.
+    """
+    BLOCK_K: tl.constexpr = BLOCK_L // SLICES
+    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
+    o_slice = tl.arange(0, SLICES)[:, None, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, None, :]
+    b_acc = tl.zeros((SLICES, BLOCK_B, BLOCK_B), dtype=acc_dtype)
+    for i_c in range(CHUNKS):
+        o_l = l_start + i_c * BLOCK_L + o_slice
+        # [SLICES, BLOCK_B, BLOCK_K]
+        b_x = tl.load(p_rows[None, :, None] + o_l, mask=m_b[None, :, None] & (o_l < L), other=0.0)
+        # [SLICES, BLOCK_B, BLOCK_K] @ [SLICES, BLOCK_K, BLOCK_B]
+        b_acc = tl.dot(b_x, tl.permute(b_x, (0, 2, 1)), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
+    return tl.sum(b_acc, axis=0)
 
 
 def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
@@ -69,6 +112,7 @@ def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torc
         B=group_size,
         BLOCK_B=tiling.block_b,
         BLOCK_L=tiling.block_l,
+        SLICES=tiling.slices,
         INPUT_PRECISION=dot_precision(x.dtype),
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,

@@ -14,19 +14,27 @@ from functools import cache
 import torch
 import triton
 
-TILE_ELEMENTS = 4096
-"""Elements of one [BLOCK_B, BLOCK_L] tile: 8 KiB of bf16, enough loads in flight per program."""
+TILE_BYTES = 8192
+"""Bytes of one [BLOCK_B, BLOCK_L] tile: enough loads in flight per program, and no register spills
+(bench/compile_check.py) even for fp32, whose tf32x3 products hold three copies of each operand.
+Tiles are at least 32 columns wide, so wide fp32/fp64 groups get larger tiles."""
 PROGRAMS_PER_SM = 4
 """Gram programs per multiprocessor for one group: enough to hide memory latency, few partials to sum."""
 INTERPRETER_PROGRAMS = 8
+NUM_WARPS = 4
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """How a [groups * B, L] matrix is cut: tiles of [block_b, block_l], and L in `splits` shares."""
+    """How a [groups * B, L] matrix is cut: tiles of [block_b, block_l], and L in `splits` shares.
+
+    `slices`: the Gram kernel cuts a tile into this many [block_b, block_l / slices] products, one
+    per warp, where block_b is too small for tl.dot to spread its output over the warps.
+    """
 
     block_b: int
     block_l: int
+    slices: int
     splits: int
     chunks_per_split: int
     num_warps: int
@@ -40,14 +48,14 @@ def pick_tiling(group_size: int, length: int, dtype: torch.dtype, device: torch.
     (masked: padding rows are never read from memory).
     """
     block_b = max(16, triton.next_power_of_2(group_size))
-    block_l = max(16, TILE_ELEMENTS // block_b)
-    if dtype == torch.float64:
-        block_l //= 2
+    block_l = max(32, TILE_BYTES // (block_b * dtype.itemsize))
+    slices = NUM_WARPS if block_b == 16 else 1
+    block_l = max(block_l, 16 * slices)
     chunks = triton.cdiv(length, block_l)
     splits = min(chunks, _program_budget(device))
     chunks_per_split = triton.cdiv(chunks, splits)
     splits = triton.cdiv(chunks, chunks_per_split)
-    return Tiling(block_b, block_l, splits, chunks_per_split, num_warps=4, num_stages=3)
+    return Tiling(block_b, block_l, slices, splits, chunks_per_split, num_warps=NUM_WARPS, num_stages=3)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
