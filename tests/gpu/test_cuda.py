@@ -1,0 +1,78 @@
+"""The compiled kernels on a real GPU: parity with the float64 oracle at test and model sizes.
+
+Skipped without CUDA; bench/gpu_check.sh runs it on a lent GPU with TRITON_INTERPRET=0.
+"""
+
+import pytest
+import torch
+from oracle import UPDATE_TOLERANCE, assert_update_close, literal_loop
+from test_repel_parity import CASES, DTYPES, PAIRS, calibrated_scale, case_id, prompt_like
+
+from fastrepulse import repel
+from fastrepulse.kernels import apply_update, gram
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# Per-sample sizes of the real models: Flux text, SD3.5-Large text, Flux single-stream at 512 px.
+MODEL_LENGTHS = {"flux-text": 512 * 3072, "sd35-text": 333 * 2432, "flux-single": 1536 * 3072}
+GRAM_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5, torch.float64: 1e-12}
+APPLY_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("objective,kernel", PAIRS, ids=[f"{o}-{k}" for o, k in PAIRS])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_cuda_matches_literal_autograd_loop(case, dtype, objective, kernel, backend):
+    size, groups, shape = case
+    x = prompt_like(size * groups, shape, dtype)
+    scale = calibrated_scale(x, size, objective, kernel)
+    expected = literal_loop(x, scale=scale, iterations=50, group_size=size, objective=objective, kernel=kernel)
+    x_cuda = x.cuda()
+    out = torch.full_like(x_cuda, float("nan"))
+
+    repel(x_cuda, scale=scale, group_size=size, objective=objective, kernel=kernel, backend=backend, out=out)
+
+    label = f"cuda {backend} {case_id(case)} {dtype} {objective}-{kernel}"
+    assert_update_close(out.cpu(), x, expected, UPDATE_TOLERANCE[dtype], label)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("group_size", [2, 3, 4, 8, 16, 20, 64])
+@pytest.mark.parametrize("model", MODEL_LENGTHS)
+def test_cuda_kernels_at_model_sizes(model, group_size, dtype):
+    length = MODEL_LENGTHS[model] + (group_size % 3)  # ragged tails too
+    if dtype == torch.float64 and group_size * length > 2e8:
+        pytest.skip("float64 copy of a large group does not add coverage")
+    x = (torch.randn(1, length, device="cuda") + torch.randn(2 * group_size, length, device="cuda")).to(dtype)
+    rows = x.to(torch.float64).view(2, group_size, length)
+    expected_gram = rows @ rows.mT
+    mix = 0.05 * torch.randn(2, group_size, group_size, dtype=torch.float64, device="cuda")
+    expected_update = (mix @ rows).view_as(x)
+    out = torch.full_like(x, float("nan"))
+
+    result_gram = gram(x, group_size)
+    apply_update(x, mix, out)
+
+    gram_err = (result_gram - expected_gram).norm() / expected_gram.norm()
+    update_err = (out.to(torch.float64) - x.to(torch.float64) - expected_update).norm() / expected_update.norm()
+    assert gram_err <= GRAM_TOLERANCE[dtype], f"{model} B{group_size} {dtype}: Gram error {gram_err:.2e}"
+    assert update_err <= APPLY_TOLERANCE[dtype], f"{model} B{group_size} {dtype}: update error {update_err:.2e}"
+    assert torch.equal(result_gram, gram(x, group_size)), "Gram not bitwise reproducible"
+
+
+def test_cuda_offsets_beyond_int32():
+    """24 samples of 1e8 elements: 2.4e9 elements, so the last rows sit beyond 2^31 elements."""
+    size, length = 24, 10**8
+    x = torch.randn(size, length, device="cuda", dtype=torch.bfloat16)
+    mix = 0.05 * torch.randn(1, size, size, dtype=torch.float64, device="cuda")
+
+    result_gram = gram(x, size)
+    out = apply_update(x, mix, torch.empty_like(x))
+
+    tail = x[:, -4096:].to(torch.float64)
+    expected_tail = tail + mix[0] @ tail
+    assert torch.allclose(out[:, -4096:].to(torch.float64), expected_tail, rtol=1e-2, atol=1e-2)
+    last = x[-2:].float()
+    expected_gram = (last @ last.T).double()
+    assert torch.allclose(result_gram[0, -2:, -2:], expected_gram, rtol=1e-4)
