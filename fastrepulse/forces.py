@@ -1,4 +1,4 @@
-"""The B x B algebra of repulsion: kernel matrices, objective gradients and the force in Gram space.
+"""The B x B algebra of repulsion, in float64 NumPy on the host: kernels, objective gradients, forces.
 
 Every objective here is a function H(K) of a kernel matrix K that is itself a function of the Gram
 matrix G = C C^T of a group's flattened samples C [B, L]. The chain rule then gives
@@ -6,7 +6,9 @@ matrix G = C C^T of a group's flattened samples C [B, L]. The chain rule then gi
     grad_C H = W C,    W = 2 sym(dH/dG)                                     [B, B]
 
 so the force on every sample is a combination of the group's own rows. `gram_force` returns W;
-`solver.solve` and the eager references both build on it.
+`solver.solve` and the paper-style reference loop both build on it. NumPy rather than torch: for
+B x B matrices the cost is per-call overhead, and NumPy's is a third of torch's (measured in
+bench/bench_solver.py).
 
 The kernels, exactly:
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
+import numpy as np
 
 Objective = Literal["vendi", "energy"]
 Kernel = Literal["cosine", "rbf"]
@@ -41,76 +43,77 @@ EIGENVALUE_FLOOR = 1e-12
 """Eigenvalues of rho below this count as this inside log(rho); float64 eigh is exact to ~1e-16."""
 
 
-def rbf_bandwidth(gram: torch.Tensor) -> torch.Tensor:
+def rbf_bandwidth(gram: np.ndarray) -> np.ndarray:
     """Median-rule bandwidth ``h = median_{i<j} d_ij / log(B)`` of each group, shape [..., 1, 1]."""
     size = gram.shape[-1]
-    sq_dist = _squared_distances(gram)
-    upper = torch.triu_indices(size, size, offset=1, device=gram.device)
-    pairs = sq_dist[..., upper[0], upper[1]]
-    bandwidth = pairs.quantile(0.5, dim=-1) / math.log(size)
-    return bandwidth.clamp_min(torch.finfo(gram.dtype).tiny)[..., None, None]
+    upper = np.triu_indices(size, k=1)
+    pairs = squared_distances(gram)[..., upper[0], upper[1]]
+    bandwidth = np.median(pairs, axis=-1) / math.log(size)
+    return np.maximum(bandwidth, np.finfo(np.float64).tiny)[..., None, None]
 
 
-def kernel_matrix(gram: torch.Tensor, kernel: str, bandwidth: torch.Tensor | None = None) -> torch.Tensor:
+def kernel_matrix(gram: np.ndarray, kernel: str, bandwidth: np.ndarray | None = None) -> np.ndarray:
     """Kernel matrix K [..., B, B] of a batch of Gram matrices [..., B, B]."""
     if kernel == "cosine":
-        inv_norm = gram.diagonal(dim1=-2, dim2=-1).rsqrt()
-        return gram * inv_norm[..., :, None] * inv_norm[..., None, :]
-    return torch.exp(-_squared_distances(gram) / bandwidth)
+        inv_norm = 1.0 / np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1))
+        return gram * (inv_norm[..., :, None] * inv_norm[..., None, :])
+    return np.exp(-squared_distances(gram) / bandwidth)
 
 
-def objective_gradient(kernel_mat: torch.Tensor, objective: str) -> torch.Tensor:
+def objective_gradient(kernel_mat: np.ndarray, objective: str) -> np.ndarray:
     """F = dH/dK [..., B, B], without its multiple of the identity.
 
     Every kernel here has a constant diagonal, so an identity term in F exerts no force; dropping it
-    saves work (for Vendi, dH/dK = -(log rho + I) / B).
+    saves work (for Vendi, dH/dK = -(log rho + I) / B, and log(K / B) = log K - log(B) I).
     """
     size = kernel_mat.shape[-1]
     if objective == "vendi":
-        eigenvalues, eigenvectors = torch.linalg.eigh(kernel_mat / size)
-        log_eig = eigenvalues.clamp_min(EIGENVALUE_FLOOR).log_()
-        return (eigenvectors * log_eig[..., None, :]) @ eigenvectors.mT / -size
-    eye = torch.eye(size, dtype=kernel_mat.dtype, device=kernel_mat.device)
-    return (eye - 1.0).expand_as(kernel_mat)
+        eigenvalues, eigenvectors = np.linalg.eigh(kernel_mat)
+        log_eig = np.log(np.maximum(eigenvalues, size * EIGENVALUE_FLOOR))
+        return (eigenvectors * (log_eig / -size)[..., None, :]) @ np.swapaxes(eigenvectors, -1, -2)
+    return np.broadcast_to(np.eye(size) - 1.0, kernel_mat.shape)
 
 
 def gram_force(
-    gram: torch.Tensor,
-    kernel_mat: torch.Tensor,
-    objective_grad: torch.Tensor,
+    gram: np.ndarray,
+    kernel_mat: np.ndarray,
+    objective_grad: np.ndarray,
     kernel: str,
-    bandwidth: torch.Tensor | None = None,
-) -> torch.Tensor:
+    bandwidth: np.ndarray | None = None,
+) -> np.ndarray:
     """W [..., B, B] with grad_C H = W C, from dH/dK pulled back through the kernel to the Gram matrix.
 
     cosine: W = 2 (F / (n n^T) - diag(rowsum(F * K) / n^2))
     rbf:    W = 4 (E - diag(rowsum(E))),  E = F * K / h
     """
+    diagonal = np.arange(gram.shape[-1])
     if kernel == "cosine":
-        inv_norm = gram.diagonal(dim1=-2, dim2=-1).rsqrt()
-        force = objective_grad * inv_norm[..., :, None] * inv_norm[..., None, :]
-        force.diagonal(dim1=-2, dim2=-1).sub_((objective_grad * kernel_mat).sum(-1) * inv_norm.square())
-        return force.mul_(2.0)
+        inv_sq_norm = 1.0 / np.diagonal(gram, axis1=-2, axis2=-1)
+        inv_norm = np.sqrt(inv_sq_norm)
+        force = objective_grad * (inv_norm[..., :, None] * inv_norm[..., None, :])
+        force[..., diagonal, diagonal] -= (objective_grad * kernel_mat).sum(-1) * inv_sq_norm
+        return force * 2.0
     force = objective_grad * kernel_mat / bandwidth
-    force.diagonal(dim1=-2, dim2=-1).sub_(force.sum(-1))
-    return force.mul_(4.0)
+    force[..., diagonal, diagonal] -= force.sum(-1)
+    return force * 4.0
 
 
-def force_matrix(gram: torch.Tensor, objective: str, kernel: str, bandwidth: torch.Tensor | None) -> torch.Tensor:
+def force_matrix(gram: np.ndarray, objective: str, kernel: str, bandwidth: np.ndarray | None) -> np.ndarray:
     """W [..., B, B] of the current Gram matrices: one gradient of H, in Gram space."""
     kernel_mat = kernel_matrix(gram, kernel, bandwidth)
     return gram_force(gram, kernel_mat, objective_gradient(kernel_mat, objective), kernel, bandwidth)
 
 
-def vendi_score(gram: torch.Tensor, kernel: str = "cosine", bandwidth: torch.Tensor | None = None) -> torch.Tensor:
+def vendi_score(gram: np.ndarray, kernel: str = "cosine", bandwidth: np.ndarray | None = None) -> np.ndarray:
     """Vendi score exp(H) of each group [...] (between 1 and B) from its Gram matrix [..., B, B]."""
     if kernel == "rbf" and bandwidth is None:
         bandwidth = rbf_bandwidth(gram)
     kernel_mat = kernel_matrix(gram, kernel, bandwidth)
-    eigenvalues = torch.linalg.eigvalsh(kernel_mat / kernel_mat.shape[-1]).clamp_min(EIGENVALUE_FLOOR)
-    return torch.exp(-(eigenvalues * eigenvalues.log()).sum(-1))
+    eigenvalues = np.maximum(np.linalg.eigvalsh(kernel_mat / kernel_mat.shape[-1]), EIGENVALUE_FLOOR)
+    return np.exp(-(eigenvalues * np.log(eigenvalues)).sum(-1))
 
 
-def _squared_distances(gram: torch.Tensor) -> torch.Tensor:
-    sq_norm = gram.diagonal(dim1=-2, dim2=-1)
-    return (sq_norm[..., :, None] + sq_norm[..., None, :] - 2.0 * gram).clamp_min(0.0)
+def squared_distances(gram: np.ndarray) -> np.ndarray:
+    """d_ij = G_ii + G_jj - 2 G_ij [..., B, B], clamped at 0 against rounding."""
+    sq_norm = np.diagonal(gram, axis1=-2, axis2=-1)
+    return np.maximum(sq_norm[..., :, None] + sq_norm[..., None, :] - 2.0 * gram, 0.0)

@@ -1,13 +1,14 @@
 """Eager PyTorch references: the Gram-space passes of backend "torch" and the paper's literal loop.
 
 Both run on any device. Samples arrive as x [N, L] with groups of `group_size` contiguous rows;
-arithmetic is float32 (float64 for float64 x), B x B algebra float64.
+arithmetic is float32 (float64 for float64 x), B x B algebra float64 on the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from fastrepulse.forces import kernel_matrix, objective_gradient, rbf_bandwidth
@@ -55,21 +56,28 @@ def repel_literal(
     samples = x.view(-1, group_size, x.shape[1]).to(accumulation_dtype(x.dtype), copy=True)
     step = scale / iterations
     bandwidth = None
+
+    def on_device(matrix: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(matrix).to(device=samples.device, dtype=samples.dtype)
+
     for i_step in range(iterations):
-        gram = torch.bmm(samples, samples.mT).to(torch.float64)
+        gram = torch.bmm(samples, samples.mT).to(device="cpu", dtype=torch.float64)
         if i_step == 0:
             check_gram(gram)
-            bandwidth = rbf_bandwidth(gram) if kernel == "rbf" else None
+        gram = gram.numpy()
+        if i_step == 0 and kernel == "rbf":
+            bandwidth = rbf_bandwidth(gram)
         kernel_mat = kernel_matrix(gram, kernel, bandwidth)
         dh_dk = objective_gradient(kernel_mat, objective)
-        pull = (dh_dk * kernel_mat).sum(-1, keepdim=True)
+        pull = (dh_dk * kernel_mat).sum(-1, keepdims=True)
         if kernel == "cosine":
-            norm = gram.diagonal(dim1=-2, dim2=-1).sqrt()[..., None]
-            directions = samples / norm.to(samples.dtype)
-            along = torch.bmm((dh_dk / norm.mT).to(samples.dtype), samples) - directions * pull.to(samples.dtype)
-            grad = along * (2.0 / norm).to(samples.dtype)
+            norm = np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1))[..., None]
+            along = torch.bmm(on_device(dh_dk / np.swapaxes(norm, -1, -2)), samples)
+            along -= samples * on_device(pull / norm)
+            grad = along * on_device(2.0 / norm)
         else:
-            weights = (dh_dk * kernel_mat / bandwidth).to(samples.dtype)
-            grad = (torch.bmm(weights, samples) - samples * (pull / bandwidth).to(samples.dtype)) * 4.0
+            grad = torch.bmm(on_device(dh_dk * kernel_mat / bandwidth), samples)
+            grad -= samples * on_device(pull / bandwidth)
+            grad *= 4.0
         samples.add_(grad.mul_(step))
     return samples

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 
 from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
@@ -120,8 +121,9 @@ def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int
         "lower scale or raise iterations"
     )
     try:
-        result = run()
-    except torch.linalg.LinAlgError as error:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = run()
+    except np.linalg.LinAlgError as error:
         raise ValueError(message) from error
     if not torch.isfinite(result).all():
         raise ValueError(message)

@@ -7,29 +7,30 @@ symmetric). The big tensor is never touched: the caller applies ``X + (P - I) X`
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastrepulse.forces import force_matrix, rbf_bandwidth
 
 
 def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:
-    """Mixing matrices P - I [G, B, B] (float64) of `iterations` steps of size scale / iterations.
+    """Mixing matrices P - I [G, B, B] of `iterations` steps of size scale / iterations, on the host.
 
     Args:
-        gram: Gram matrices [G, B, B] of the groups' flattened samples, any float dtype (upcast to
-            float64); cosine needs a positive diagonal.
+        gram: Gram matrices [G, B, B] of the groups' flattened samples, any float dtype and device
+            (copied to the host in float64); cosine needs a positive diagonal.
         scale, iterations, objective, kernel: as in `fastrepulse.repel`.
 
     Returns:
-        ``P - I`` in float64 on gram's device: the update of the samples is ``(P - I) C0``.
+        ``P - I``, float64 on the CPU: the update of the samples is ``(P - I) C0``.
     """
-    gram = gram.to(torch.float64)
-    bandwidth = rbf_bandwidth(gram) if kernel == "rbf" else None
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    bandwidth = rbf_bandwidth(state) if kernel == "rbf" else None
+    eye = np.eye(state.shape[-1])
     step = scale / iterations
-    mixing = eye.expand_as(gram)
+    mixing = np.broadcast_to(eye, state.shape)
     for _ in range(iterations):
-        transform = torch.add(eye, force_matrix(gram, objective, kernel, bandwidth), alpha=step)
+        transform = eye + step * force_matrix(state, objective, kernel, bandwidth)
         mixing = transform @ mixing
-        gram = transform @ gram @ transform
-    return mixing - eye
+        state = transform @ state @ transform
+    return torch.from_numpy(mixing - eye)

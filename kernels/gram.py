@@ -1,8 +1,10 @@
 """Pass 1: the grouped Gram kernel, G[g] = X[g] X[g]^T for every group g of a [N, L] matrix.
 
 L is split across many programs; each writes a partial [B, B] sum of its contiguous share of L, and
-the partials are added in a fixed order on the host side of the launch, so the same input always
-gives the same bits (no atomics).
+the partials are added in float64 in a fixed order after the launch, so the same input always gives
+the same bits (no atomics). Each tile's product starts from zero and is added to the running sum
+with an ordinary rounded float add: tensor cores accumulate with truncation, which, chained over
+hundreds of tiles, lost 1e-3 of a 1e8-element sum on an H100.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _tile_products(
         # [BLOCK_B, BLOCK_L]
         b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
         # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
-        b_acc = tl.dot(b_x, tl.trans(b_x), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
+        b_acc += tl.dot(b_x, tl.trans(b_x), input_precision=PRECISION, out_dtype=acc_dtype)
     return b_acc
 
 
@@ -88,7 +90,7 @@ def _sliced_tile_products(
         # [SLICES, BLOCK_B, BLOCK_K]
         b_x = tl.load(p_rows[None, :, None] + o_l, mask=m_b[None, :, None] & (o_l < L), other=0.0)
         # [SLICES, BLOCK_B, BLOCK_K] @ [SLICES, BLOCK_K, BLOCK_B]
-        b_acc = tl.dot(b_x, tl.permute(b_x, (0, 2, 1)), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
+        b_acc += tl.dot(b_x, tl.permute(b_x, (0, 2, 1)), input_precision=PRECISION, out_dtype=acc_dtype)
     return tl.sum(b_acc, axis=0)
 
 

@@ -20,6 +20,8 @@ TILE_BYTES = 8192
 Tiles are at least 32 columns wide, so wide fp32/fp64 groups get larger tiles."""
 PROGRAMS_PER_SM = 4
 """Gram programs per multiprocessor for one group: enough to hide memory latency, few partials to sum."""
+MAX_CHUNKS_PER_SPLIT = 64
+"""Longer rows get more splits rather than longer sequential sums: float32 error grows with their length."""
 INTERPRETER_PROGRAMS = 8
 NUM_WARPS = 4
 
@@ -52,7 +54,7 @@ def pick_tiling(group_size: int, length: int, dtype: torch.dtype, device: torch.
     slices = NUM_WARPS if block_b == 16 else 1
     block_l = max(block_l, 16 * slices)
     chunks = triton.cdiv(length, block_l)
-    splits = min(chunks, _program_budget(device))
+    splits = min(chunks, max(_program_budget(device), triton.cdiv(chunks, MAX_CHUNKS_PER_SPLIT)))
     chunks_per_split = triton.cdiv(chunks, splits)
     splits = triton.cdiv(chunks, chunks_per_split)
     return Tiling(block_b, block_l, slices, splits, chunks_per_split, num_warps=NUM_WARPS, num_stages=3)

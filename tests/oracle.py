@@ -91,3 +91,19 @@ def assert_update_close(result: torch.Tensor, x: torch.Tensor, expected: torch.T
             for k in worst
         )
         raise AssertionError(f"{label}: relative update error {err:.3e} > {tol:.0e}; worst elements:\n{rows}")
+
+
+def assert_correctly_rounded(result: torch.Tensor, exact: torch.Tensor, slack: torch.Tensor, label: str) -> None:
+    """16-bit results rounded once: |result - exact| <= ulp(result) / 2 + slack, elementwise.
+
+    slack is the caller's absolute bound on the error before the final rounding (float64 inputs).
+    """
+    assert torch.isfinite(result).all(), f"{label}: non-finite values in the result (unwritten or NaN)"
+    magnitude = result.abs()
+    ulp = (torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude).to(torch.float64)
+    excess = (result.to(torch.float64) - exact).abs() - (0.5 * ulp + slack)
+    worst = int(excess.argmax())
+    assert excess.flatten()[worst] <= 0, (
+        f"{label}: element {worst} is {result.flatten()[worst].item():+.6e}, exact {exact.flatten()[worst].item():+.6e}"
+        f" (half an ulp {0.5 * ulp.flatten()[worst].item():.2e}, slack {slack.flatten()[worst].item():.2e})"
+    )
