@@ -77,7 +77,8 @@ def compile_case(case: Case) -> Report:
             "B": case.group_size,
             "BLOCK_B": tiling.block_b,
             "BLOCK_L": tiling.block_l,
-            "SLICES": tiling.slices,
+            "BLOCK_K": tiling.block_k,
+            "BATCHED": tiling.batched,
             "INPUT_PRECISION": dot_precision(dtype),
         }
         attrs = {(0,): aligned, (1,): aligned, (2,): aligned, (3,): aligned}

@@ -1,18 +1,19 @@
 """Gram accuracy on a GPU against float64, per tiling: how tensor-core accumulation loses bits.
 
 Tensor cores sum the products of one MMA with truncation, so the error depends on how many products
-share an accumulator before an ordinary float32 add. This compares tilings (slices of the L tile that
-get their own fresh accumulator) with cuBLAS float32 on upcast inputs, on prompt-like samples.
+share an accumulator before an ordinary float32 add. This compares block_k (columns per fresh
+accumulator) down to the default with cuBLAS float32 on upcast inputs, on prompt-like samples.
 
     python bench/gram_accuracy.py
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from fastrepulse.kernels import gram, pick_tiling
-from fastrepulse.kernels.tiling import Tiling
 
 CASES = [(4, 1536 * 3072), (20, 1536 * 3072), (64, 512 * 3072), (4, 10**8)]
 
@@ -34,17 +35,10 @@ def main() -> None:
             cos_exact = exact * inv[:, None] * inv[None, :]
             default = pick_tiling(size, length, dtype, x.device)
             variants = {"cublas-fp32": None}
-            for slices in sorted({default.slices, 1, default.block_l // 32, default.block_l // 16}):
-                if slices >= 1 and default.block_l // slices >= 16:
-                    variants[f"{default.block_b}x{default.block_l}/s{slices}"] = Tiling(
-                        default.block_b,
-                        default.block_l,
-                        slices,
-                        default.splits,
-                        default.chunks_per_split,
-                        default.num_warps,
-                        default.num_stages,
-                    )
+            depth = default.block_l
+            while depth >= default.block_k:  # fewer products per fresh accumulator, down to the default
+                variants[f"{default.block_b}x{default.block_l}/k{depth}"] = replace(default, block_k=depth)
+                depth //= 2
             for name, tiling in variants.items():
                 try:
                     if tiling is None:

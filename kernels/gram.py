@@ -2,9 +2,9 @@
 
 L is split across many programs; each writes a partial [B, B] sum of its contiguous share of L, and
 the partials are added in float64 in a fixed order after the launch, so the same input always gives
-the same bits (no atomics). Each tile's product starts from zero and is added to the running sum
-with an ordinary rounded float add: tensor cores accumulate with truncation, which, chained over
-hundreds of tiles, lost 1e-3 of a 1e8-element sum on an H100.
+the same bits (no atomics). Each 16-column product starts from zero and is added to the running sum
+with an ordinary rounded float add: tensor cores accumulate with truncation, which, chained over a
+whole row, lost 1e-3 of a 1e8-element sum on an H100 (2e-6 this way; bench/gram_accuracy.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _gram_kernel(
     B: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_L: tl.constexpr,
-    SLICES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BATCHED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64)."""
@@ -38,11 +39,13 @@ def _gram_kernel(
     m_b = o_b < B
     p_rows = x_ptr + (i_g * B + o_b).to(tl.int64) * stride_row
     l_start = i_s * CHUNKS_PER_SPLIT * BLOCK_L
-    if SLICES == 1:
-        b_gram = _tile_products(p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, INPUT_PRECISION)
+    if BATCHED:
+        b_gram = _batched_products(
+            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, BLOCK_K, INPUT_PRECISION
+        )
     else:
-        b_gram = _sliced_tile_products(
-            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, SLICES, INPUT_PRECISION
+        b_gram = _piecewise_products(
+            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, BLOCK_K, INPUT_PRECISION
         )
 
     o_out = (i_g * num_splits + i_s).to(tl.int64) * B * B + o_b[:, None] * B + o_b[None, :]
@@ -50,23 +53,7 @@ def _gram_kernel(
 
 
 @triton.jit
-def _tile_products(
-    p_rows, m_b, l_start, L, CHUNKS, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr
-):
-    """sum over CHUNKS tiles of X_tile X_tile^T, one [BLOCK_B, BLOCK_L] dot per tile."""
-    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
-    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
-    for i_c in range(CHUNKS):
-        o_l = l_start + i_c * BLOCK_L + tl.arange(0, BLOCK_L)
-        # [BLOCK_B, BLOCK_L]
-        b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
-        # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
-        b_acc += tl.dot(b_x, tl.trans(b_x), input_precision=PRECISION, out_dtype=acc_dtype)
-    return b_acc
-
-
-@triton.jit
-def _sliced_tile_products(
+def _batched_products(
     p_rows,
     m_b,
     l_start,
@@ -74,14 +61,14 @@ def _sliced_tile_products(
     CHUNKS,
     BLOCK_B: tl.constexpr,
     BLOCK_L: tl.constexpr,
-    SLICES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """As `_tile_products`, with each tile cut into SLICES slices along L multiplied as one batched
-    [SLICES, B, B] product: every warp works on its own slice, where a 16 x 16 dot would repeat the
-    same small product in every warp. The slices are summed once at the end.
+    """sum over CHUNKS tiles [BLOCK_B, BLOCK_L] of X_tile X_tile^T, each tile cut into slices of BLOCK_K
+    columns multiplied as one batched [SLICES, BLOCK_B, BLOCK_B] product from zero (the batch also
+    spreads a 16-row tile over the warps); the slices are summed once at the end.
     """
-    BLOCK_K: tl.constexpr = BLOCK_L // SLICES
+    SLICES: tl.constexpr = BLOCK_L // BLOCK_K
     acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
     o_slice = tl.arange(0, SLICES)[:, None, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, None, :]
     b_acc = tl.zeros((SLICES, BLOCK_B, BLOCK_B), dtype=acc_dtype)
@@ -114,9 +101,37 @@ def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torc
         B=group_size,
         BLOCK_B=tiling.block_b,
         BLOCK_L=tiling.block_l,
-        SLICES=tiling.slices,
+        BLOCK_K=tiling.block_k,
+        BATCHED=tiling.batched,
         INPUT_PRECISION=dot_precision(x.dtype),
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
     )
     return partial.sum(dim=1, dtype=torch.float64)
+
+
+@triton.jit
+def _piecewise_products(
+    p_rows,
+    m_b,
+    l_start,
+    L,
+    CHUNKS,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """As `_batched_products` for tiles of 32 rows and more, whose [BLOCK_B, BLOCK_B] dot spreads over
+    the warps by itself: each tile is loaded and multiplied in pieces of BLOCK_K columns, each from zero.
+    """
+    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
+    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
+    for i_c in range(CHUNKS):
+        for i_k in tl.static_range(BLOCK_L // BLOCK_K):
+            o_l = l_start + i_c * BLOCK_L + i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+            # [BLOCK_B, BLOCK_K]
+            b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
+            # [BLOCK_B, BLOCK_K] @ [BLOCK_K, BLOCK_B]
+            b_acc += tl.dot(b_x, tl.trans(b_x), input_precision=PRECISION, out_dtype=acc_dtype)
+    return b_acc

@@ -16,27 +16,31 @@ import triton
 
 TILE_BYTES = 8192
 """Bytes of one [BLOCK_B, BLOCK_L] tile: enough loads in flight per program, and no register spills
-(bench/compile_check.py) even for fp32, whose tf32x3 products hold three copies of each operand.
-Tiles are at least 32 columns wide, so wide fp32/fp64 groups get larger tiles."""
+(bench/compile_check.py) even for fp32, whose tf32x3 products hold three copies of each operand."""
 PROGRAMS_PER_SM = 4
 """Gram programs per multiprocessor for one group: enough to hide memory latency, few partials to sum."""
+PRODUCT_DEPTH = 16
+"""Columns per fresh tensor-core accumulator in the Gram kernel: one MMA step. Tensor cores add the
+products of an MMA with truncation, so the error grows with the products that share an accumulator
+before an ordinary float32 add; at 16 it is below cuBLAS float32 (bench/gram_accuracy.py)."""
 MAX_CHUNKS_PER_SPLIT = 64
 """Longer rows get more splits rather than longer sequential sums: float32 error grows with their length."""
 INTERPRETER_PROGRAMS = 8
-NUM_WARPS = 4
 
 
 @dataclass(frozen=True)
 class Tiling:
     """How a [groups * B, L] matrix is cut: tiles of [block_b, block_l], and L in `splits` shares.
 
-    `slices`: the Gram kernel cuts a tile into this many [block_b, block_l / slices] products, one
-    per warp, where block_b is too small for tl.dot to spread its output over the warps.
+    The Gram kernel multiplies a tile in [block_b, block_k] pieces, each from zero (PRODUCT_DEPTH).
+    `batched`: the pieces of a 16-row tile go into one batched product so that they spread over the
+    warps (one 16 x 16 dot would repeat in every warp); wider tiles spread by themselves.
     """
 
     block_b: int
     block_l: int
-    slices: int
+    block_k: int
+    batched: bool
     splits: int
     chunks_per_split: int
     num_warps: int
@@ -50,14 +54,16 @@ def pick_tiling(group_size: int, length: int, dtype: torch.dtype, device: torch.
     (masked: padding rows are never read from memory).
     """
     block_b = max(16, triton.next_power_of_2(group_size))
-    block_l = max(32, TILE_BYTES // (block_b * dtype.itemsize))
-    slices = NUM_WARPS if block_b == 16 else 1
-    block_l = max(block_l, 16 * slices)
+    tile_bytes = TILE_BYTES // 2 if dtype == torch.float64 else TILE_BYTES  # fp64 operands: twice the registers
+    block_l = max(PRODUCT_DEPTH, tile_bytes // (block_b * dtype.itemsize))
     chunks = triton.cdiv(length, block_l)
     splits = min(chunks, max(_program_budget(device), triton.cdiv(chunks, MAX_CHUNKS_PER_SPLIT)))
     chunks_per_split = triton.cdiv(chunks, splits)
     splits = triton.cdiv(chunks, chunks_per_split)
-    return Tiling(block_b, block_l, slices, splits, chunks_per_split, num_warps=NUM_WARPS, num_stages=3)
+    num_warps = 4 if block_b == 16 else 8
+    return Tiling(
+        block_b, block_l, PRODUCT_DEPTH, block_b == 16, splits, chunks_per_split, num_warps=num_warps, num_stages=3
+    )
 
 
 def dot_precision(dtype: torch.dtype) -> str:
