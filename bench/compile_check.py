@@ -78,7 +78,7 @@ def compile_case(case: Case) -> Report:
             "BLOCK_B": tiling.block_b,
             "BLOCK_L": tiling.block_l,
             "BLOCK_K": tiling.block_k,
-            "BATCHED": tiling.batched,
+            "SLICED": tiling.sliced,
             "INPUT_PRECISION": dot_precision(dtype),
         }
         attrs = {(0,): aligned, (1,): aligned, (2,): aligned, (3,): aligned}

@@ -1,8 +1,9 @@
 """Gram accuracy on a GPU against float64, per tiling: how tensor-core accumulation loses bits.
 
-Tensor cores sum the products of one MMA with truncation, so the error depends on how many products
-share an accumulator before an ordinary float32 add. This compares block_k (columns per fresh
-accumulator) down to the default with cuBLAS float32 on upcast inputs, on prompt-like samples.
+Tensor cores add into an accumulator with truncation, so the error grows with the chain of MMA steps
+into one accumulator. This compares the default tiling (chains of at most tiling.MAX_CHAIN steps)
+with 16x longer chains, with unsliced 16-row tiles, and with cuBLAS float32 on upcast inputs, on
+prompt-like samples (cosine similarity about 0.99).
 
     python bench/gram_accuracy.py
 """
@@ -23,7 +24,7 @@ def relative_error(result: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def main() -> None:
-    print(f"{'dtype':5} {'B':>3} {'L':>10} {'tiling':>22} {'rel err':>9} {'cos err':>9}")
+    print(f"{'dtype':8} {'B':>3} {'L':>10} {'tiling':>12} {'rel err':>9} {'cos err':>9}")
     for dtype in (torch.bfloat16, torch.float16):
         for size, length in CASES:
             shared = torch.randn(1, length, device="cuda")
@@ -34,11 +35,13 @@ def main() -> None:
             inv = exact.diagonal().rsqrt()
             cos_exact = exact * inv[:, None] * inv[None, :]
             default = pick_tiling(size, length, dtype, x.device)
-            variants = {"cublas-fp32": None}
-            depth = default.block_l
-            while depth >= default.block_k:  # fewer products per fresh accumulator, down to the default
-                variants[f"{default.block_b}x{default.block_l}/k{depth}"] = replace(default, block_k=depth)
-                depth //= 2
+            variants = {"cublas-fp32": None, "default": default}
+            longer = default.chunks_per_split * 16  # 16x longer accumulator chains, as without the split rule
+            variants["chain x16"] = replace(
+                default, chunks_per_split=longer, splits=-(-default.splits * default.chunks_per_split // longer)
+            )
+            if default.sliced:
+                variants["unsliced"] = replace(default, block_k=default.block_l)
             for name, tiling in variants.items():
                 try:
                     if tiling is None:
@@ -48,12 +51,12 @@ def main() -> None:
                     else:
                         result = gram(x, size, tiling)[0]
                 except Exception as error:  # noqa: BLE001 - report and go on
-                    print(f"{str(dtype)[6:]:5} {size:>3} {length:>10} {name:>22} failed: {str(error)[:60]}")
+                    print(f"{str(dtype)[6:]:8} {size:>3} {length:>10} {name:>12} failed: {str(error)[:60]}")
                     continue
                 inv = result.diagonal().rsqrt()
                 cos_err = float((result * inv[:, None] * inv[None, :] - cos_exact).abs().max())
                 print(
-                    f"{str(dtype)[6:]:5} {size:>3} {length:>10} {name:>22} "
+                    f"{str(dtype)[6:]:8} {size:>3} {length:>10} {name:>12} "
                     f"{relative_error(result, exact):>9.2e} {cos_err:>9.2e}",
                     flush=True,
                 )

@@ -2,9 +2,9 @@
 
 L is split across many programs; each writes a partial [B, B] sum of its contiguous share of L, and
 the partials are added in float64 in a fixed order after the launch, so the same input always gives
-the same bits (no atomics). Each 16-column product starts from zero and is added to the running sum
-with an ordinary rounded float add: tensor cores accumulate with truncation, which, chained over a
-whole row, lost 1e-3 of a 1e8-element sum on an H100 (2e-6 this way; bench/gram_accuracy.py).
+the same bits (no atomics). Tensor cores add into an accumulator with truncation, so the error grows
+with the chain of MMA steps into one accumulator: the tiling bounds every chain (see
+`tiling.MAX_CHAIN`); unbounded, a 1e8-element row lost 1e-3 of its norm on an H100.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _gram_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    BATCHED: tl.constexpr,
+    SLICED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64)."""
@@ -39,21 +39,40 @@ def _gram_kernel(
     m_b = o_b < B
     p_rows = x_ptr + (i_g * B + o_b).to(tl.int64) * stride_row
     l_start = i_s * CHUNKS_PER_SPLIT * BLOCK_L
-    if BATCHED:
-        b_gram = _batched_products(
-            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, BLOCK_K, INPUT_PRECISION
-        )
+    if SLICED:
+        b_gram = _sliced_products(p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, BLOCK_K, INPUT_PRECISION)
     else:
-        b_gram = _piecewise_products(
-            p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, BLOCK_K, INPUT_PRECISION
-        )
+        b_gram = _tile_products(p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, INPUT_PRECISION)
 
     o_out = (i_g * num_splits + i_s).to(tl.int64) * B * B + o_b[:, None] * B + o_b[None, :]
     tl.store(partial_ptr + o_out, b_gram, mask=m_b[:, None] & m_b[None, :])
 
 
 @triton.jit
-def _batched_products(
+def _tile_products(
+    p_rows,
+    m_b,
+    l_start,
+    L,
+    CHUNKS,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """sum over CHUNKS tiles [BLOCK_B, BLOCK_L] of X_tile X_tile^T, one dot per tile (32 rows and more)."""
+    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
+    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
+    for i_c in range(CHUNKS):
+        o_l = l_start + i_c * BLOCK_L + tl.arange(0, BLOCK_L)
+        # [BLOCK_B, BLOCK_L]
+        b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
+        # [BLOCK_B, BLOCK_L] @ [BLOCK_L, BLOCK_B]
+        b_acc = tl.dot(b_x, tl.trans(b_x), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
+    return b_acc
+
+
+@triton.jit
+def _sliced_products(
     p_rows,
     m_b,
     l_start,
@@ -64,9 +83,10 @@ def _batched_products(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """sum over CHUNKS tiles [BLOCK_B, BLOCK_L] of X_tile X_tile^T, each tile cut into slices of BLOCK_K
-    columns multiplied as one batched [SLICES, BLOCK_B, BLOCK_B] product from zero (the batch also
-    spreads a 16-row tile over the warps); the slices are summed once at the end.
+    """As `_tile_products` for 16-row tiles: each tile is cut into slices of BLOCK_K columns, multiplied
+    as one batched [SLICES, BLOCK_B, BLOCK_B] product into an accumulator per slice, and the slices
+    are summed once at the end. The batch spreads the work over the warps (one 16 x 16 dot would
+    repeat in every warp) and shortens each accumulator's chain of MMAs.
     """
     SLICES: tl.constexpr = BLOCK_L // BLOCK_K
     acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
@@ -77,7 +97,7 @@ def _batched_products(
         # [SLICES, BLOCK_B, BLOCK_K]
         b_x = tl.load(p_rows[None, :, None] + o_l, mask=m_b[None, :, None] & (o_l < L), other=0.0)
         # [SLICES, BLOCK_B, BLOCK_K] @ [SLICES, BLOCK_K, BLOCK_B]
-        b_acc += tl.dot(b_x, tl.permute(b_x, (0, 2, 1)), input_precision=PRECISION, out_dtype=acc_dtype)
+        b_acc = tl.dot(b_x, tl.permute(b_x, (0, 2, 1)), b_acc, input_precision=PRECISION, out_dtype=acc_dtype)
     return tl.sum(b_acc, axis=0)
 
 
@@ -102,36 +122,9 @@ def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torc
         BLOCK_B=tiling.block_b,
         BLOCK_L=tiling.block_l,
         BLOCK_K=tiling.block_k,
-        BATCHED=tiling.batched,
+        SLICED=tiling.sliced,
         INPUT_PRECISION=dot_precision(x.dtype),
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
     )
     return partial.sum(dim=1, dtype=torch.float64)
-
-
-@triton.jit
-def _piecewise_products(
-    p_rows,
-    m_b,
-    l_start,
-    L,
-    CHUNKS,
-    BLOCK_B: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """As `_batched_products` for tiles of 32 rows and more, whose [BLOCK_B, BLOCK_B] dot spreads over
-    the warps by itself: each tile is loaded and multiplied in pieces of BLOCK_K columns, each from zero.
-    """
-    acc_dtype = tl.float64 if p_rows.dtype.element_ty == tl.float64 else tl.float32
-    b_acc = tl.zeros((BLOCK_B, BLOCK_B), dtype=acc_dtype)
-    for i_c in range(CHUNKS):
-        for i_k in tl.static_range(BLOCK_L // BLOCK_K):
-            o_l = l_start + i_c * BLOCK_L + i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-            # [BLOCK_B, BLOCK_K]
-            b_x = tl.load(p_rows[:, None] + o_l[None, :], mask=m_b[:, None] & (o_l < L)[None, :], other=0.0)
-            # [BLOCK_B, BLOCK_K] @ [BLOCK_K, BLOCK_B]
-            b_acc += tl.dot(b_x, tl.trans(b_x), input_precision=PRECISION, out_dtype=acc_dtype)
-    return b_acc

@@ -19,12 +19,12 @@ TILE_BYTES = 8192
 (bench/compile_check.py) even for fp32, whose tf32x3 products hold three copies of each operand."""
 PROGRAMS_PER_SM = 4
 """Gram programs per multiprocessor for one group: enough to hide memory latency, few partials to sum."""
-PRODUCT_DEPTH = 16
-"""Columns per fresh tensor-core accumulator in the Gram kernel: one MMA step. Tensor cores add the
-products of an MMA with truncation, so the error grows with the products that share an accumulator
-before an ordinary float32 add; at 16 it is below cuBLAS float32 (bench/gram_accuracy.py)."""
-MAX_CHUNKS_PER_SPLIT = 64
-"""Longer rows get more splits rather than longer sequential sums: float32 error grows with their length."""
+MMA_DEPTH = 16
+"""Columns of one tensor-core MMA step: the Gram kernel's slices of 16-row tiles are this wide."""
+MAX_CHAIN = 64
+"""Most MMA steps chained into one Gram accumulator. Tensor cores accumulate with truncation, so the
+error grows with the chain: on an H100 a 1024-step chain gave 3.4e-5 relative error, a 64-step one
+1e-6, below cuBLAS float32 (bench/gram_accuracy.py). Longer rows get more splits instead."""
 INTERPRETER_PROGRAMS = 8
 
 
@@ -32,15 +32,14 @@ INTERPRETER_PROGRAMS = 8
 class Tiling:
     """How a [groups * B, L] matrix is cut: tiles of [block_b, block_l], and L in `splits` shares.
 
-    The Gram kernel multiplies a tile in [block_b, block_k] pieces, each from zero (PRODUCT_DEPTH).
-    `batched`: the pieces of a 16-row tile go into one batched product so that they spread over the
-    warps (one 16 x 16 dot would repeat in every warp); wider tiles spread by themselves.
+    `sliced`: the Gram kernel cuts 16-row tiles into slices of block_k columns with an accumulator
+    each, so that they spread over the warps; wider tiles spread by themselves.
     """
 
     block_b: int
     block_l: int
     block_k: int
-    batched: bool
+    sliced: bool
     splits: int
     chunks_per_split: int
     num_warps: int
@@ -55,15 +54,15 @@ def pick_tiling(group_size: int, length: int, dtype: torch.dtype, device: torch.
     """
     block_b = max(16, triton.next_power_of_2(group_size))
     tile_bytes = TILE_BYTES // 2 if dtype == torch.float64 else TILE_BYTES  # fp64 operands: twice the registers
-    block_l = max(PRODUCT_DEPTH, tile_bytes // (block_b * dtype.itemsize))
+    block_l = max(MMA_DEPTH, tile_bytes // (block_b * dtype.itemsize))
+    sliced = block_b == 16
+    chain_per_chunk = 1 if sliced else block_l // MMA_DEPTH
     chunks = triton.cdiv(length, block_l)
-    splits = min(chunks, max(_program_budget(device), triton.cdiv(chunks, MAX_CHUNKS_PER_SPLIT)))
+    splits = min(chunks, max(_program_budget(device), triton.cdiv(chunks * chain_per_chunk, MAX_CHAIN)))
     chunks_per_split = triton.cdiv(chunks, splits)
     splits = triton.cdiv(chunks, chunks_per_split)
     num_warps = 4 if block_b == 16 else 8
-    return Tiling(
-        block_b, block_l, PRODUCT_DEPTH, block_b == 16, splits, chunks_per_split, num_warps=num_warps, num_stages=3
-    )
+    return Tiling(block_b, block_l, MMA_DEPTH, sliced, splits, chunks_per_split, num_warps=num_warps, num_stages=3)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
