@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from fastrepulse.forces import kernel_matrix, objective_gradient, rbf_bandwidth
+from fastrepulse.forces import force_matrix, rbf_bandwidth
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,11 +43,10 @@ def repel_literal(
     kernel: str,
     check_gram: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
-    """The paper's loop: `iterations` explicit steps on the full tensor, each a Gram pass and an update pass.
+    """The paper's loop: `iterations` explicit steps on the full tensor, two passes each.
 
-    Each step applies the closed-form gradient per sample (the paper's Eq. 3 for cosine):
-    cosine ``grad_i = (2 / |c_i|) (sum_j F_ij u_j - u_i sum_j F_ij K_ij)`` with ``u_i = c_i / |c_i|``;
-    rbf ``grad_i = (4 / h) sum_j F_ij K_ij (c_j - c_i)``; F = dH/dK from `objective_gradient`.
+    Each step computes the Gram matrix of the current samples (pass 1), the closed-form gradient's
+    coefficients from it on the host, and applies ``c <- c + (scale / iterations) W c`` (pass 2).
 
     Returns the updated samples [N / B, B, L] in the accumulation dtype. `check_gram` sees the first
     Gram matrix, before any arithmetic on the samples.
@@ -56,28 +54,11 @@ def repel_literal(
     samples = x.view(-1, group_size, x.shape[1]).to(accumulation_dtype(x.dtype), copy=True)
     step = scale / iterations
     bandwidth = None
-
-    def on_device(matrix: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(matrix).to(device=samples.device, dtype=samples.dtype)
-
     for i_step in range(iterations):
         gram = torch.bmm(samples, samples.mT).to(device="cpu", dtype=torch.float64)
         if i_step == 0:
             check_gram(gram)
-        gram = gram.numpy()
-        if i_step == 0 and kernel == "rbf":
-            bandwidth = rbf_bandwidth(gram)
-        kernel_mat = kernel_matrix(gram, kernel, bandwidth)
-        dh_dk = objective_gradient(kernel_mat, objective)
-        pull = (dh_dk * kernel_mat).sum(-1, keepdims=True)
-        if kernel == "cosine":
-            norm = np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1))[..., None]
-            along = torch.bmm(on_device(dh_dk / np.swapaxes(norm, -1, -2)), samples)
-            along -= samples * on_device(pull / norm)
-            grad = along * on_device(2.0 / norm)
-        else:
-            grad = torch.bmm(on_device(dh_dk * kernel_mat / bandwidth), samples)
-            grad -= samples * on_device(pull / bandwidth)
-            grad *= 4.0
-        samples.add_(grad.mul_(step))
+            bandwidth = rbf_bandwidth(gram.numpy()) if kernel == "rbf" else None
+        force = step * force_matrix(gram.numpy(), objective, kernel, bandwidth)
+        samples = torch.baddbmm(samples, torch.from_numpy(force).to(samples), samples)
     return samples

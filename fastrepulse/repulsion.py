@@ -130,7 +130,7 @@ def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int
     return result
 
 
-def _passes(backend: str):
+def _passes(backend: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
     if backend == "triton":
         from fastrepulse.kernels import apply_update, gram
 
@@ -138,7 +138,7 @@ def _passes(backend: str):
     return gram_torch, apply_torch
 
 
-def _gram_checker(kernel: str):
+def _gram_checker(kernel: str) -> Callable[[torch.Tensor], None]:
     """A check of the first Gram matrices [G, B, B] that names the bad samples before anything is written."""
 
     def check(gram: torch.Tensor) -> None:
