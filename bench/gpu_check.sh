@@ -28,7 +28,7 @@ if [ -d .whl ]; then
 fi
 
 # -P: the checkout's fastrepulse/ (kernels live in kernels/) must not shadow the installed package.
-"$PY" -P -m pytest tests/gpu -q -p no:cacheprovider -W ignore::DeprecationWarning 2>&1 | tee "$OUT/tests.log"
+"$PY" -P -m pytest tests/gpu tests/test_repel_parity.py -k cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 "$PY" -P bench/gram_accuracy.py 2>&1 | tee "$OUT/gram_accuracy.log"

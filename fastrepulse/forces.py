@@ -104,15 +104,6 @@ def force_matrix(gram: np.ndarray, objective: str, kernel: str, bandwidth: np.nd
     return gram_force(gram, kernel_mat, objective_gradient(kernel_mat, objective), kernel, bandwidth)
 
 
-def vendi_score(gram: np.ndarray, kernel: str = "cosine", bandwidth: np.ndarray | None = None) -> np.ndarray:
-    """Vendi score exp(H) of each group [...] (between 1 and B) from its Gram matrix [..., B, B]."""
-    if kernel == "rbf" and bandwidth is None:
-        bandwidth = rbf_bandwidth(gram)
-    kernel_mat = kernel_matrix(gram, kernel, bandwidth)
-    eigenvalues = np.maximum(np.linalg.eigvalsh(kernel_mat / kernel_mat.shape[-1]), EIGENVALUE_FLOOR)
-    return np.exp(-(eigenvalues * np.log(eigenvalues)).sum(-1))
-
-
 def squared_distances(gram: np.ndarray) -> np.ndarray:
     """d_ij = G_ii + G_jj - 2 G_ij [..., B, B], clamped at 0 against rounding."""
     sq_norm = np.diagonal(gram, axis1=-2, axis2=-1)

@@ -68,10 +68,9 @@ def repel(
     group_size = _check_arguments(x, scale, iterations, group_size, objective, kernel, backend, out)
     backend = _resolve_backend(backend, x)
     num_samples = x.shape[0]
-    if scale == 0 or iterations == 0 or group_size == 1 or x.numel() == 0:
-        return x.clone() if out is None else _write(out, x)
-
     with torch.no_grad():
+        if scale == 0 or iterations == 0 or group_size == 1 or x.numel() == 0:
+            return x.clone() if out is None else _write(out, x)
         rows = x.reshape(num_samples, -1)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()

@@ -1,4 +1,7 @@
-"""repel against the independent float64 autograd oracle: every backend, dtype, objective and kernel."""
+"""repel against the independent float64 autograd oracle: every backend, dtype, objective and kernel.
+
+The CUDA cases are skipped without a GPU; bench/gpu_check.sh runs them (`-k cuda`) on a lent one.
+"""
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ CASES = [(2, 3, (7, 33)), (3, 1, (333, 24)), (4, 2, (1, 1000)), (5, 3, (7, 33)),
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PAIRS = [("vendi", "cosine"), ("vendi", "rbf"), ("energy", "cosine"), ("energy", "rbf")]
 ITERATIONS = 50
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
 TARGET_UPDATE = 0.25
 """Size of the whole update relative to |x|: well above 16-bit rounding of the result (~0.2%)."""
 
@@ -33,19 +37,21 @@ def case_id(case):
     return f"B{size}-G{groups}-L{'x'.join(map(str, shape))}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 @pytest.mark.parametrize("objective,kernel", PAIRS, ids=[f"{o}-{k}" for o, k in PAIRS])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_literal_autograd_loop(case, dtype, objective, kernel, backend):
+def test_matches_literal_autograd_loop(case, dtype, objective, kernel, backend, device):
     size, groups, shape = case
     x = prompt_like(size * groups, shape, dtype)
     scale = calibrated_scale(x, size, objective, kernel)
     expected = literal_loop(x, scale=scale, iterations=ITERATIONS, group_size=size, objective=objective, kernel=kernel)
-    out = torch.full_like(x, float("nan"))
+    x_device = x.to(device)
+    out = torch.full_like(x_device, float("nan"))
 
     result = repel(
-        x,
+        x_device,
         scale=scale,
         iterations=ITERATIONS,
         group_size=size,
@@ -56,4 +62,5 @@ def test_matches_literal_autograd_loop(case, dtype, objective, kernel, backend):
     )
 
     assert result is out
-    assert_update_close(result, x, expected, UPDATE_TOLERANCE[dtype], f"{backend} {case_id(case)} {dtype} {objective}")
+    label = f"{device} {backend} {case_id(case)} {dtype} {objective}-{kernel}"
+    assert_update_close(result.cpu(), x, expected, UPDATE_TOLERANCE[dtype], label)
