@@ -1,0 +1,272 @@
+"""`patch(pipe)`: contextual repulsion, or a baseline, inside a diffusers pipeline; `unpatch` undoes it exactly.
+
+What a patch changes, all on the pipeline instance and all kept on the handle for `remove`:
+- the instance's class, swapped for a subclass whose ``__call__`` opens per-call state (the group size from
+  ``num_images_per_prompt``, the step counter) and drops it in ``finally``;
+- ``pipe.scheduler``, wrapped so that every ``step`` advances the counter (`fastrepulse.scheduler`);
+- a forward pre-hook on the denoiser (the state of one transformer call; CADS noise) and, for
+  "contextual", forward hooks on the selected blocks or their attention modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from fastrepulse.baselines import cads_condition, particle_guidance
+from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
+from fastrepulse.forces import Kernel, Objective
+from fastrepulse.models import BlockKind, Denoiser, find_denoiser, select_blocks
+from fastrepulse.repulsion import Backend, repel
+from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
+
+HANDLE_ATTRIBUTE = "_fastrepulse_handle"
+
+
+def patch(
+    pipe: Any,
+    preset: str | RepulsionConfig | None = None,
+    *,
+    method: Method | None = None,
+    scale: float | None = None,
+    steps: int | Literal["all"] | None = None,
+    iterations: int | None = None,
+    blocks: Thirds | tuple[int, ...] | list[int] | range | None = None,
+    site: Site | None = None,
+    single_stream_tokens: Literal["all", "text"] | None = None,
+    objective: Objective | None = None,
+    kernel: Kernel | None = None,
+    backend: Backend | None = None,
+    group_size: int | Literal["auto"] | None = None,
+    seed: int | None = None,
+) -> RepulsionHandle:
+    """Make `pipe` push the images of each prompt apart; returns the handle that undoes it.
+
+    Arguments left as None come from the preset (a name from `fastrepulse.PRESETS` or a `RepulsionConfig`),
+    else from `RepulsionConfig`'s defaults for the method; see `RepulsionConfig` for each field. Patching a
+    patched pipeline replaces its configuration.
+
+    Raises:
+        TypeError: a pipeline whose denoiser fastrepulse does not support (the message names those it does).
+        ValueError: a bad option, or method="contextual" on a UNet pipeline (no contextual stream).
+
+    Example:
+        >>> handle = fastrepulse.patch(pipe, preset="flux-dev")  # doctest: +SKIP
+        >>> images = pipe("a bear in a forest", num_images_per_prompt=4).images  # doctest: +SKIP
+        >>> handle.remove()  # doctest: +SKIP
+    """
+    given = {name: value for name, value in locals().items() if name not in ("pipe", "preset", "method")}
+    config = make_config(preset, method, given)
+    denoiser = find_denoiser(pipe)
+    unpatch(pipe)
+    return RepulsionHandle(pipe, config, denoiser)
+
+
+def unpatch(pipe: Any) -> None:
+    """Undo `patch` on `pipe`, if it is patched: the pipeline then behaves exactly as one never patched."""
+    handle = pipe.__dict__.get(HANDLE_ATTRIBUTE)
+    if handle is not None:
+        handle.remove()
+
+
+@contextmanager
+def patched(pipe: Any, preset: str | RepulsionConfig | None = None, **options: Any) -> Iterator[RepulsionHandle]:
+    """`patch` for the duration of a with-block; takes the same arguments."""
+    handle = patch(pipe, preset, **options)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+@dataclass
+class _CallState:
+    """One pipeline call: its group size and the sampler step it is at."""
+
+    images_per_prompt: int
+    step: int = 0
+    generator: torch.Generator | None = None  # CADS noise, seeded at the call's first draw
+
+
+@dataclass(frozen=True)
+class _ForwardState:
+    """One denoiser call inside a repelled step."""
+
+    batch: int
+    text_tokens: int
+    group_size: int
+
+
+class RepulsionHandle:
+    """What `patch` changed on one pipeline; `remove()` restores every original."""
+
+    def __init__(self, pipe: Any, config: RepulsionConfig, denoiser: Denoiser) -> None:
+        if config.method == "contextual" and not denoiser.blocks:
+            raise ValueError(
+                f"method='contextual' repels the text tokens inside transformer blocks, and "
+                f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no contextual text stream; "
+                "use method='particle' or method='cads', which work on UNet pipelines too"
+            )
+        self.pipe = pipe
+        self.config = config
+        self.denoiser = denoiser
+        self._call: _CallState | None = None
+        self._forward: _ForwardState | None = None
+        self._warned_single_groups = False
+        self._hooks = [denoiser.module.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)]
+        if config.method == "contextual":
+            for block in select_blocks(denoiser.blocks, config.blocks):
+                if config.site == "attention":
+                    hook = functools.partial(self._after_attention, block.kind)
+                    self._hooks.append(block.module.attn.register_forward_hook(hook, with_kwargs=True))
+                else:
+                    hook = functools.partial(self._after_block, block.kind)
+                    self._hooks.append(block.module.register_forward_hook(hook, with_kwargs=True))
+        pipe.__dict__[HANDLE_ATTRIBUTE] = self
+        pipe.__dict__["scheduler"] = wrap_scheduler(pipe.scheduler, self)
+        pipe.__class__ = _calling_class(type(pipe))
+
+    def remove(self) -> None:
+        """Remove the hooks, the scheduler wrapper and the class swap; a second call does nothing."""
+        pipe = self.pipe
+        if pipe.__dict__.get(HANDLE_ATTRIBUTE) is not self:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        pipe.__dict__["scheduler"] = unwrap_scheduler(pipe.scheduler)
+        pipe.__class__ = type(pipe).__dict__["_fastrepulse_base"]
+        del pipe.__dict__[HANDLE_ATTRIBUTE]
+
+    @contextmanager
+    def pipeline_call(self, call: Any, args: tuple, kwargs: dict) -> Iterator[None]:
+        """Per-call state for one call of the pipeline's original `__call__`, dropped when it ends."""
+        bound = _signature(call).bind(self.pipe, *args, **kwargs)
+        images_per_prompt = bound.arguments.get("num_images_per_prompt") or 1
+        if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
+            self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
+        self._call = _CallState(images_per_prompt)
+        try:
+            yield
+        finally:
+            self._call = None
+            self._forward = None
+
+    def on_step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """Count one sampler step of the current call; Particle Guidance adjusts the model output first."""
+        call = self._call
+        if call is None:
+            return model_output
+        step, call.step = call.step, call.step + 1
+        if self.config.method != "particle" or not self.config.touches_step(step):
+            return model_output
+        group_size = self._group_size(sample.shape[0])
+        if group_size == 1:
+            return model_output
+        prediction = self.pipe.scheduler.config.get("prediction_type", "flow")
+        return particle_guidance(model_output, sample, self.config, group_size, 1.0 if prediction == "sample" else -1.0)
+
+    @torch.compiler.disable
+    def _before_denoiser(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._forward = None
+        call = self._call
+        if call is None or self.config.method == "particle" or not self.config.touches_step(call.step):
+            return None
+        bound = _signature(type(module).forward).bind(module, *args, **kwargs)
+        text = bound.arguments["encoder_hidden_states"]
+        if self.config.method == "contextual":
+            batch = bound.arguments.get("hidden_states", text).shape[0]
+            self._forward = _ForwardState(batch, text.shape[1], self._group_size(batch))
+            return None
+        if call.generator is None:
+            call.generator = torch.Generator(device=text.device).manual_seed(self.config.seed)
+        t = float(torch.as_tensor(bound.arguments["timestep"]).flatten()[0]) / self.denoiser.timestep_scale
+        bound.arguments["encoder_hidden_states"] = cads_condition(text, t, self.config, call.generator)
+        return bound.args[1:], bound.kwargs
+
+    @torch.compiler.disable
+    def _after_attention(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+        if self._forward is None:
+            return None
+        if kind.attention_text is not None:
+            self._repel(output[kind.attention_text])
+        elif self.config.single_stream_tokens == "all":
+            self._repel(output)
+        else:
+            self._repel(output[:, : self._forward.text_tokens])
+        return None
+
+    @torch.compiler.disable
+    def _after_block(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+        if self._forward is None:
+            return None
+        text = output[kind.block_text]
+        if kind.name == "single" and self.config.single_stream_tokens == "all":
+            self._repel(text, output[1 - kind.block_text])
+        else:
+            self._repel(text)
+        return None
+
+    def _repel(self, *parts: torch.Tensor) -> None:
+        """Repel the samples made of `parts` (concatenated per sample), writing the result back into them."""
+        forward = self._forward
+        if parts[0].shape[0] != forward.batch or forward.group_size == 1:
+            return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
+        config = self.config
+        options = {
+            "scale": config.scale,
+            "iterations": config.iterations,
+            "group_size": forward.group_size,
+            "objective": config.objective,
+            "kernel": config.kernel,
+            "backend": config.backend,
+        }
+        if len(parts) == 1:
+            repel(parts[0], out=parts[0], **options)
+            return
+        joined = torch.cat([part.flatten(1) for part in parts], dim=1)
+        repel(joined, out=joined, **options)
+        for part, update in zip(parts, joined.split([part[0].numel() for part in parts], dim=1), strict=True):
+            part.copy_(update.view(part.shape))
+
+    def _group_size(self, batch: int) -> int:
+        size = self.config.group_size
+        if size == "auto":
+            size = self._call.images_per_prompt
+        if batch % size:
+            raise ValueError(
+                f"a batch of {batch} samples does not split into groups of {size}; "
+                "pass group_size=<samples per prompt> to fastrepulse.patch"
+            )
+        if size == 1 and not self._warned_single_groups:
+            self._warned_single_groups = True
+            warnings.warn(
+                "fastrepulse: each group holds one sample (num_images_per_prompt=1), so there is nothing to repel; "
+                "generate several images per prompt, or pass group_size= if the batch already holds them",
+                stacklevel=2,
+            )
+        return size
+
+
+@functools.cache
+def _signature(function: Any) -> inspect.Signature:
+    return inspect.signature(function)
+
+
+@functools.cache
+def _calling_class(cls: type) -> type:
+    """A subclass of the pipeline class whose `__call__` runs inside the handle's per-call state."""
+    original = cls.__call__
+
+    @functools.wraps(original)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.__dict__[HANDLE_ATTRIBUTE].pipeline_call(original, args, kwargs):
+            return original(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "_fastrepulse_base": cls})

@@ -1,0 +1,43 @@
+"""A scheduler that tells fastrepulse where a pipeline call is: the custom scheduler step.
+
+diffusers sets ``scheduler.step_index`` lazily inside ``step()``, so it is None during step 0's transformer
+call. The wrapped scheduler counts instead: each ``step`` tells the listener, which counts the steps of
+the current pipeline call and may adjust the model output first (Particle Guidance acts there).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
+
+import torch
+
+
+class StepListener(Protocol):
+    def on_step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
+
+
+def wrap_scheduler(scheduler: Any, listener: StepListener) -> Any:
+    """A scheduler object sharing `scheduler`'s state and class, whose step reports to listener.
+
+    The wrapper is an instance of a subclass made for it that shares the original's ``__dict__``: every
+    state change lands in the original, ``isinstance`` checks hold, and dropping the wrapper restores the
+    original object untouched in behaviour.
+    """
+    base = type(scheduler)
+
+    @functools.wraps(base.step)
+    def step(self: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any):
+        model_output = listener.on_step(model_output, sample)
+        return base.step(self, model_output, timestep, sample, *args, **kwargs)
+
+    namespace = {"step": step, "__module__": base.__module__, "_fastrepulse_original": scheduler}
+    counting = type(base.__name__, (base,), namespace)
+    wrapper = object.__new__(counting)
+    wrapper.__dict__ = scheduler.__dict__
+    return wrapper
+
+
+def unwrap_scheduler(scheduler: Any) -> Any:
+    """The original of a scheduler made by `wrap_scheduler`, else the scheduler itself."""
+    return type(scheduler).__dict__.get("_fastrepulse_original", scheduler)
