@@ -2,7 +2,7 @@
 
 from fastrepulse.config import PRESETS, RepulsionConfig
 from fastrepulse.forces import EIGENVALUE_FLOOR
-from fastrepulse.patch import RepulsionHandle, patch, patched, unpatch
+from fastrepulse.patching import RepulsionHandle, patch, patched, unpatch
 from fastrepulse.repulsion import repel
 from fastrepulse.solver import solve
 

@@ -1,0 +1,61 @@
+"""`fastrepulse generate` end to end on a tiny Flux pipeline saved to disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pipelines
+import pytest
+from PIL import Image
+
+from fastrepulse.cli import LABEL_WIDTH, MIN_CELL, TITLE_HEIGHT, main
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    pipelines.flux().save_pretrained(folder)
+    return folder
+
+
+def _arguments(folder: Path, out: Path) -> list[str]:
+    size = ["--height", str(pipelines.HEIGHT), "--width", str(pipelines.WIDTH)]
+    return ["generate", "--model", str(folder), "--prompt", "a red cat", "--images", "3", *size, "--out", str(out)]
+
+
+def _rows(path: Path, images: int) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (TITLE_HEIGHT + 2 * MIN_CELL, LABEL_WIDTH + images * MIN_CELL, 3)
+    cells = grid[TITLE_HEIGHT:, LABEL_WIDTH:]
+    return cells[:MIN_CELL], cells[MIN_CELL:]
+
+
+def test_generate_writes_a_base_and_a_repulsion_row(flux_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    arguments = [*_arguments(flux_folder, out), "--scale", "1000", "--steps", "4", "--num-inference-steps", "4"]
+    assert main(arguments) == 0
+    base, repelled = _rows(out, 3)
+    assert not np.array_equal(base, repelled)
+    assert main([*arguments, "--scale", "0", "--out", str(tmp_path / "same.png")]) == 0
+    base_again, unchanged = _rows(tmp_path / "same.png", 3)
+    assert np.array_equal(base, base_again) and np.array_equal(base, unchanged)
+
+
+def test_generate_reports_bad_options_clearly(flux_folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "grid.png"
+    assert main([*_arguments(flux_folder, out), "--scale", "-1", "--num-inference-steps", "1"]) == 2
+    assert "scale must be a finite number >= 0" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([*_arguments(flux_folder, out), "--images", "1"])
+
+
+def test_the_command_without_a_model_explains_what_to_pass() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fastrepulse", "generate", "--prompt", "a red cat"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "no embedded default model yet" in result.stderr and "--model" in result.stderr
