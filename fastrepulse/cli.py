@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ DEFAULT_PRESETS = {
 
 MIN_CELL = 256  # small images (the testbed's) are enlarged with nearest-neighbour sampling so they can be seen
 LABEL_WIDTH = 220
+GAP = 4  # white pixels between images
 TITLE_HEIGHT = 28
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -88,7 +90,9 @@ def load_pipeline(model: str | None, device: str, dtype: str | None) -> Any:
             "pass --model with a diffusers Flux, Flux-Kontext or SD3 pipeline folder or hub id"
         )
     torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    return DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype).to(device)
+    with warnings.catch_warnings():  # torch_dtype: the keyword every supported release takes (newer ones prefer dtype)
+        warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+        return DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype).to(device)
 
 
 def grid(rows: dict[str, list[Image.Image]], title: str) -> Image.Image:
@@ -97,12 +101,13 @@ def grid(rows: dict[str, list[Image.Image]], title: str) -> Image.Image:
     zoom = max(1, -(-MIN_CELL // max(first.size)))
     cell_w, cell_h = first.width * zoom, first.height * zoom
     columns = max(len(images) for images in rows.values())
-    canvas = Image.new("RGB", (LABEL_WIDTH + columns * cell_w, TITLE_HEIGHT + len(rows) * cell_h), "white")
+    size = (LABEL_WIDTH + columns * (cell_w + GAP), TITLE_HEIGHT + len(rows) * (cell_h + GAP))
+    canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=18)
     draw.text((8, 4), title, fill="black", font=font)
     for row, (label, images) in enumerate(rows.items()):
-        top = TITLE_HEIGHT + row * cell_h
+        top = TITLE_HEIGHT + row * (cell_h + GAP)
         draw.multiline_text((8, top + 8), label, fill="black", font=font)
         for column, image in enumerate(images):
             canvas.paste(

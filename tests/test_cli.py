@@ -11,7 +11,7 @@ import pipelines
 import pytest
 from PIL import Image
 
-from fastrepulse.cli import LABEL_WIDTH, MIN_CELL, TITLE_HEIGHT, main
+from fastrepulse.cli import GAP, LABEL_WIDTH, MIN_CELL, TITLE_HEIGHT, main
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,10 @@ def _arguments(folder: Path, out: Path) -> list[str]:
 
 def _rows(path: Path, images: int) -> tuple[np.ndarray, np.ndarray]:
     grid = np.asarray(Image.open(path))
-    assert grid.shape == (TITLE_HEIGHT + 2 * MIN_CELL, LABEL_WIDTH + images * MIN_CELL, 3)
+    step = MIN_CELL + GAP
+    assert grid.shape == (TITLE_HEIGHT + 2 * step, LABEL_WIDTH + images * step, 3)
     cells = grid[TITLE_HEIGHT:, LABEL_WIDTH:]
-    return cells[:MIN_CELL], cells[MIN_CELL:]
+    return cells[:MIN_CELL], cells[step : step + MIN_CELL]
 
 
 def test_generate_writes_a_base_and_a_repulsion_row(flux_folder: Path, tmp_path: Path) -> None:
