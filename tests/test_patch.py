@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import diffusers
 import pipelines
 import pytest
 import torch
@@ -156,6 +157,9 @@ def test_a_prompt_is_independent_of_which_prompt_shares_the_call(name: str) -> N
     """Same batch shape, other second prompt: the first prompt's images stay the same to the bit (with CFG on SD3)."""
     pipe = TRANSFORMER_PIPELINES[name]()
     options = {"guidance_scale": 3.0, "negative_prompt": "blurry"} if name == "sd3" else {}
+    base = [_generate(pipe, prompt=[PROMPTS[0], other], **options)[:IMAGES] for other in (PROMPTS[1], "a green frog")]
+    if not torch.equal(*base):  # diffusers 0.35's SD3 tiles pooled embeddings [A, B, A, B, ...] for several images
+        pytest.skip(f"the unpatched {name} pipeline of diffusers {diffusers.__version__} mixes prompts itself")
     with fastrepulse.patched(pipe, scale=1000.0, steps="all", site="block"):
         first = _generate(pipe, prompt=PROMPTS, **options)
         second = _generate(pipe, prompt=[PROMPTS[0], "a green frog"], **options)
