@@ -23,7 +23,7 @@ import torch
 from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
 from fastrepulse.forces import Kernel, Objective
-from fastrepulse.models import BlockKind, Denoiser, find_denoiser, select_blocks
+from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, select_blocks
 from fastrepulse.repulsion import Backend, repel
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 
@@ -65,8 +65,9 @@ def patch(
     given = {name: value for name, value in locals().items() if name not in ("pipe", "preset", "method")}
     config = make_config(preset, method, given)
     denoiser = find_denoiser(pipe)
+    blocks = _hooked_blocks(pipe, denoiser, config)  # every check before anything changes
     unpatch(pipe)
-    return RepulsionHandle(pipe, config, denoiser)
+    return RepulsionHandle(pipe, config, denoiser, blocks)
 
 
 def unpatch(pipe: Any) -> None:
@@ -107,13 +108,7 @@ class _ForwardState:
 class RepulsionHandle:
     """What `patch` changed on one pipeline; `remove()` restores every original."""
 
-    def __init__(self, pipe: Any, config: RepulsionConfig, denoiser: Denoiser) -> None:
-        if config.method == "contextual" and not denoiser.blocks:
-            raise ValueError(
-                f"method='contextual' repels the text tokens inside transformer blocks, and "
-                f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no contextual text stream; "
-                "use method='particle' or method='cads', which work on UNet pipelines too"
-            )
+    def __init__(self, pipe: Any, config: RepulsionConfig, denoiser: Denoiser, blocks: tuple[TextBlock, ...]) -> None:
         self.pipe = pipe
         self.config = config
         self.denoiser = denoiser
@@ -121,14 +116,13 @@ class RepulsionHandle:
         self._forward: _ForwardState | None = None
         self._warned_single_groups = False
         self._hooks = [denoiser.module.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)]
-        if config.method == "contextual":
-            for block in select_blocks(denoiser.blocks, config.blocks):
-                if config.site == "attention":
-                    hook = functools.partial(self._after_attention, block.kind)
-                    self._hooks.append(block.module.attn.register_forward_hook(hook, with_kwargs=True))
-                else:
-                    hook = functools.partial(self._after_block, block.kind)
-                    self._hooks.append(block.module.register_forward_hook(hook, with_kwargs=True))
+        for block in blocks:
+            if config.site == "attention":
+                hook = functools.partial(self._after_attention, block.kind)
+                self._hooks.append(block.module.attn.register_forward_hook(hook, with_kwargs=True))
+            else:
+                hook = functools.partial(self._after_block, block.kind)
+                self._hooks.append(block.module.register_forward_hook(hook, with_kwargs=True))
         pipe.__dict__[HANDLE_ATTRIBUTE] = self
         pipe.__dict__["scheduler"] = wrap_scheduler(pipe.scheduler, self)
         pipe.__class__ = _calling_class(type(pipe))
@@ -252,6 +246,19 @@ class RepulsionHandle:
                 stacklevel=2,
             )
         return size
+
+
+def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tuple[TextBlock, ...]:
+    """The blocks whose text stream "contextual" repels; none for the baselines."""
+    if config.method != "contextual":
+        return ()
+    if not denoiser.blocks:
+        raise ValueError(
+            f"method='contextual' repels the text tokens inside transformer blocks, and "
+            f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no contextual text stream; "
+            "use method='particle' or method='cads', which work on UNet pipelines too"
+        )
+    return select_blocks(denoiser.blocks, config.blocks)
 
 
 @functools.cache

@@ -227,9 +227,15 @@ def test_block_selection(blocks, expected: list[int]) -> None:
     handle.remove()
 
 
-def test_block_indices_outside_the_model_are_refused() -> None:
+def test_a_refused_patch_leaves_the_previous_one_in_place() -> None:
+    pipe = pipelines.sd3()
+    handle = fastrepulse.patch(pipe, scale=300.0, blocks="early")
+    hooks = _hooks(pipe)
     with pytest.raises(ValueError, match=r"blocks \[3\] do not exist: this model has 3 text blocks"):
-        fastrepulse.patch(pipelines.sd3(), scale=1.0, blocks=[0, 3])
+        fastrepulse.patch(pipe, scale=1.0, blocks=[0, 3])
+    assert pipe._fastrepulse_handle is handle and _hooks(pipe) == hooks
+    handle.remove()
+    assert _hooks(pipe) == 0
 
 
 def _text_vendi_after_first_block(pipe, scale: float) -> float:
@@ -287,8 +293,10 @@ def test_baselines_run_on_unet_pipelines(name: str) -> None:
     with fastrepulse.patched(pipe, method="cads", scale=0.25):
         assert not torch.equal(_generate(pipe, **options), base)
     assert torch.equal(_generate(pipe, **options), base)
-    with pytest.raises(ValueError, match="no contextual text stream; use method='particle' or method='cads'"):
-        fastrepulse.patch(pipe, method="contextual", scale=1.0)
+    with fastrepulse.patched(pipe, method="cads", scale=0.25) as handle:
+        with pytest.raises(ValueError, match="no contextual text stream; use method='particle' or method='cads'"):
+            fastrepulse.patch(pipe, method="contextual", scale=1.0)
+        assert pipe._fastrepulse_handle is handle
     assert _hooks(pipe) == 0
 
 
