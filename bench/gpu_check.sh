@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One-shot GPU verification of everything fastrepulse has: environment, real compilation and parity of
-# the kernels on CUDA against the float64 oracle, Gram accuracy per tiling, and the kernel
-# microbenchmarks. Writes raw logs and kernels.json under $OUT (default: a fresh temp dir) and prints
-# the benchmark table last.
+# the kernels on CUDA against the float64 oracle (also inside a patched pipeline), Gram accuracy per
+# tiling, the kernel microbenchmarks and the end-to-end runs of Flux-dev and SD3.5-Large with random
+# weights. Writes raw logs, kernels.json, e2e.json and their union results.json under $OUT (default: a
+# fresh temp dir) and prints the end-to-end table last.
 #
-# The package and nvtx travel as wheels in .whl/ (no network on the GPU machine):
-#   pip wheel --no-deps -w .whl . && pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --platform manylinux2014_x86_64 -d .whl nvtx
+# The package, nvtx and diffusers (with importlib_metadata) travel as wheels in .whl/ (no network there):
+#   pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata \
+#     && pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl nvtx
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -36,4 +37,16 @@ fi
 
 "$PY" -P bench/bench_kernels.py --quick --out "$OUT/kernels.json" 2>&1 | tee "$OUT/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+"$PY" -P bench/bench_e2e.py --repeats 2 --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+"$PY" - "$OUT" <<'MERGE'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+parts = [json.loads((out / name).read_text()) for name in ("kernels.json", "e2e.json") if (out / name).exists()]
+merged = {key: value for part in parts for key, value in part.items()}
+merged.setdefault("kernels", []), merged.setdefault("e2e", [])
+(out / "results.json").write_text(json.dumps(merged, indent=1))
+MERGE
 exit $status
