@@ -12,7 +12,8 @@ from bench_e2e import VARIANTS, main
 
 def test_e2e_records_every_variant_of_both_families(tmp_path: Path) -> None:
     out = tmp_path / "e2e.json"
-    assert main(["--model", "tiny-flux", "--model", "tiny-sd3", "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
+    models = ["--model", "tiny-flux", "--model", "tiny-sd3"]
+    assert main([*models, "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
     records = json.loads(out.read_text())["e2e"]
     assert [(r["model"], r["variant"]) for r in records] == [
         (model, variant) for model in ("tiny-flux", "tiny-sd3") for variant in VARIANTS
