@@ -29,9 +29,11 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fastrepulse.kernels.apply import _apply_kernel  # noqa: E402
 from fastrepulse.kernels.gram import _gram_kernel  # noqa: E402
+from fastrepulse.kernels.solve import MAX_GROUP, MAX_REGISTERS, MAX_SWEEPS, _solve_kernel, solver_warps  # noqa: E402
 from fastrepulse.kernels.tiling import dot_precision, pick_tiling  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+SOLVER_VARIANTS = ("vendi-cosine", "vendi-rbf", "energy-cosine", "energy-rbf")  # the solver's "dtype" column
 GROUP_SIZES = (2, 3, 4, 8, 16, 20, 32, 64)
 LENGTH = 3072 * 512  # Flux text tokens: the split is irrelevant to code generation
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -59,11 +61,29 @@ class Report:
 
 
 def compile_case(case: Case) -> Report:
+    aligned = [["tt.divisibility", 16]]
+    if case.kernel == "solve":
+        objective, kernel = case.dtype.split("-")
+        block_size = triton.next_power_of_2(case.group_size)
+        signature = {name: "*fp64" for name in ("gram_ptr", "bandwidth_ptr", "step_ptr", "mix_ptr")}
+        signature.update(status_ptr="*i32", iterations="i32")
+        constants = {
+            "B": case.group_size,
+            "BLOCK": block_size,
+            "VENDI": objective == "vendi",
+            "COSINE": kernel == "cosine",
+            "FLOOR": 1e-12,
+            "SWEEPS": MAX_SWEEPS,
+        }
+        warps = solver_warps(block_size)
+        attrs = {(i,): aligned for i in range(5)}
+        block = f"{block_size}x{block_size} w{warps}"
+        options = {"num_warps": warps, "maxnreg": MAX_REGISTERS}
+        return _compile(case, block, _solve_kernel, signature, constants, attrs, options)
     dtype = DTYPES[case.dtype]
     tiling = pick_tiling(case.group_size, LENGTH, dtype, torch.device("cpu"))
     block = f"{tiling.block_b}x{tiling.block_l} w{tiling.num_warps}"
     acc = "fp64" if dtype == torch.float64 else "fp32"
-    aligned = [["tt.divisibility", 16]]
     if case.kernel == "gram":
         fn = _gram_kernel
         signature = {
@@ -102,6 +122,10 @@ def compile_case(case: Case) -> Report:
         }
         attrs = {(i,): aligned for i in range(6)}
         options = {"num_warps": tiling.num_warps}
+    return _compile(case, block, fn, signature, constants, attrs, options)
+
+
+def _compile(case: Case, block: str, fn, signature: dict, constants: dict, attrs: dict, options: dict) -> Report:
     signature.update(dict.fromkeys(constants, "constexpr"))
     try:
         compiled = triton.compile(
@@ -149,6 +173,8 @@ def main() -> int:
         for size in GROUP_SIZES
         for arch in args.arch
     ]
+    solver_sizes = [size for size in GROUP_SIZES if size <= MAX_GROUP]
+    cases += [Case("solve", v, size, arch) for v in SOLVER_VARIANTS for size in solver_sizes for arch in args.arch]
     with ProcessPoolExecutor(args.jobs) as pool:
         reports = list(pool.map(compile_case, cases))
 

@@ -9,13 +9,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
+from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective, rbf_bandwidth
 from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
 from fastrepulse.reference import apply_torch, gram_torch, repel_literal
 from fastrepulse.solver import solve
 
 Backend = Literal["auto", "triton", "torch", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "reference")
+Solver = Literal["host", "device"]
+SOLVERS: tuple[str, ...] = ("host", "device")
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
@@ -28,6 +30,7 @@ def repel(
     objective: Objective = "vendi",
     kernel: Kernel = "cosine",
     backend: Backend = "auto",
+    solver: Solver = "host",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Push the samples of each group apart: `iterations` gradient-ascent steps on a diversity objective.
@@ -48,6 +51,9 @@ def repel(
         backend: "triton" (fused kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
             "torch" (same algorithm, eager, any device), "reference" (the paper's literal loop,
             2 x iterations passes) or "auto" (triton for CUDA tensors when Triton imports, else torch).
+        solver: where the B x B steps run for backends triton and torch: "host" (float64 NumPy) or
+            "device" (one Triton program per group, float64, groups of at most 16; needs Triton like
+            backend="triton"). Both compute the same steps; "device" avoids the round trip to the host.
         out: where to write the result, same shape, dtype and device as x; may be x itself.
 
     Returns:
@@ -65,8 +71,10 @@ def repel(
         >>> y.shape
         torch.Size([4, 16, 8])
     """
-    group_size = _check_arguments(x, scale, iterations, group_size, objective, kernel, backend, out)
+    group_size = _check_arguments(x, scale, iterations, group_size, objective, kernel, backend, solver, out)
     backend = _resolve_backend(backend, x)
+    if solver == "device" and backend != "reference":
+        _check_triton(x, "solver='device'", "solver='host'")
     num_samples = x.shape[0]
     with torch.no_grad():
         if scale == 0 or iterations == 0 or group_size == 1 or x.numel() == 0:
@@ -95,13 +103,16 @@ def repel(
         with GRAM_RANGE:
             gram = gram_fn(rows, group_size)
         with SOLVE_RANGE:
-            gram = gram.cpu()
-            check(gram)
-            mix = _finite_steps(
-                lambda: solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel),
-                scale,
-                iterations,
-            )
+            if solver == "device":
+                mix = _solve_on_device(gram, check, scale, iterations, objective, kernel)
+            else:
+                gram = gram.cpu()
+                check(gram)
+                mix = _finite_steps(
+                    lambda: solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel),
+                    scale,
+                    iterations,
+                )
         with APPLY_RANGE:
             if out is None:
                 out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -115,18 +126,48 @@ def repel(
 
 def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int) -> torch.Tensor:
     """run(), where a blown-up iteration (eigh failing on non-finite state, a non-finite result) is one clear error."""
-    message = (
-        f"repulsion diverged with scale={scale} and iterations={iterations}: the steps overshoot; "
-        "lower scale or raise iterations"
-    )
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             result = run()
     except np.linalg.LinAlgError as error:
-        raise ValueError(message) from error
+        raise ValueError(_divergence(scale, iterations)) from error
     if not torch.isfinite(result).all():
-        raise ValueError(message)
+        raise ValueError(_divergence(scale, iterations))
     return result
+
+
+def _solve_on_device(
+    gram: torch.Tensor,
+    check: Callable[[torch.Tensor], None],
+    scale: float,
+    iterations: int,
+    objective: str,
+    kernel: str,
+) -> torch.Tensor:
+    """The device solver's P - I; one sync reads its per-group finite flags, and a failure is explained."""
+    from fastrepulse.kernels.solve import MAX_GROUP, solve_on_device
+
+    if gram.shape[-1] > MAX_GROUP:
+        raise ValueError(
+            f"solver='device' takes groups of at most {MAX_GROUP} samples, got {gram.shape[-1]}; use solver='host'"
+        )
+    bandwidth = None
+    if kernel == "rbf":  # the median rule, once from the input; a B x B copy to the host
+        bandwidth = torch.from_numpy(rbf_bandwidth(gram.cpu().numpy()).reshape(-1)).to(gram.device)
+    mix, finite = solve_on_device(
+        gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel, bandwidth=bandwidth
+    )
+    if not bool(finite.all()):
+        check(gram.cpu())  # names NaN/Inf or zero samples, if those are the cause
+        raise ValueError(_divergence(scale, iterations))
+    return mix
+
+
+def _divergence(scale: float, iterations: int) -> str:
+    return (
+        f"repulsion diverged with scale={scale} and iterations={iterations}: the steps overshoot; "
+        "lower scale or raise iterations"
+    )
 
 
 def _passes(backend: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
@@ -167,6 +208,7 @@ def _check_arguments(
     objective: str,
     kernel: str,
     backend: str,
+    solver: str,
     out: torch.Tensor | None,
 ) -> int:
     if not isinstance(x, torch.Tensor):
@@ -185,6 +227,8 @@ def _check_arguments(
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     num_samples = x.shape[0]
     if group_size is None:
         group_size = max(num_samples, 1)
@@ -210,14 +254,18 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         return "triton" if x.is_cuda and _triton_available() else "torch"
     if backend == "triton":
-        if not _triton_available():
-            raise ValueError("backend='triton' needs the triton package; install it or use backend='torch'")
-        if not x.is_cuda and not _interpreting():
-            raise ValueError(
-                f"backend='triton' runs on CUDA tensors, x is on {x.device}; use backend='torch' "
-                "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU for tests)"
-            )
+        _check_triton(x, "backend='triton'", "backend='torch'")
     return backend
+
+
+def _check_triton(x: torch.Tensor, option: str, alternative: str) -> None:
+    if not _triton_available():
+        raise ValueError(f"{option} needs the triton package; install it or use {alternative}")
+    if not x.is_cuda and not _interpreting():
+        raise ValueError(
+            f"{option} runs on CUDA tensors, x is on {x.device}; use {alternative} "
+            "(or set TRITON_INTERPRET=1 before importing triton to run the kernels on the CPU for tests)"
+        )
 
 
 def _triton_available() -> bool:

@@ -1,0 +1,176 @@
+"""The B x B solver on the device: all `iterations` ascent steps of a group in one Triton program.
+
+The same algorithm as `fastrepulse.solver.solve` (see `fastrepulse.forces` for the math), in float64,
+with no round trip to the host: one program per group keeps G, P and the eigenvectors in registers.
+The von Neumann entropy needs eigh(K) in every step; a cyclic Jacobi eigensolver does it, warm-started
+from the previous step's eigenvectors (K moves little per step, so one or two sweeps usually suffice).
+A per-group status says whether every number stayed finite, so the caller can raise without guessing.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastrepulse.forces import EIGENVALUE_FLOOR
+
+MAX_SWEEPS = 30
+"""Jacobi sweeps per eigendecomposition at most; from a warm start one or two are the rule."""
+
+MAX_GROUP = 16
+"""Largest group the device solver takes: its [B, B, B] products live in registers (larger: the host)."""
+
+
+MAX_REGISTERS = 128
+"""Register cap per thread: left to itself, ptxas spills some solver configurations at 64-96 registers."""
+
+
+def solver_warps(block: int) -> int:
+    """Warps per program: one up to 8 x 8 (no cross-warp reductions), eight for 16 x 16 x 16 products."""
+    return 8 if block >= 16 else 1
+
+
+@triton.jit
+def _matmul(a, b):
+    """[BLOCK, BLOCK] @ [BLOCK, BLOCK] by broadcasting: exact fp64 products, no tensor-core path needed."""
+    return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+
+@triton.jit
+def _rotate(a, v, p, q, o_row, o_col):
+    """One Jacobi rotation J(p, q) zeroing a[p, q]: a <- J^T a J, v <- v J."""
+    a_pp = tl.sum(tl.sum(tl.where((o_row == p) & (o_col == p), a, 0.0), axis=1), axis=0)
+    a_qq = tl.sum(tl.sum(tl.where((o_row == q) & (o_col == q), a, 0.0), axis=1), axis=0)
+    a_pq = tl.sum(tl.sum(tl.where((o_row == p) & (o_col == q), a, 0.0), axis=1), axis=0)
+    theta = (a_qq - a_pp) / (2.0 * tl.where(a_pq == 0.0, 1.0, a_pq))
+    sign = tl.where(theta >= 0.0, 1.0, -1.0)
+    t = tl.where(a_pq == 0.0, 0.0, sign / (tl.abs(theta) + tl.sqrt(theta * theta + 1.0)))
+    c = 1.0 / tl.sqrt(t * t + 1.0)
+    s = t * c
+    # columns p, q of a and v: [BLOCK] each, indexed by row
+    a_p = tl.sum(tl.where(o_col == p, a, 0.0), axis=1)[:, None]
+    a_q = tl.sum(tl.where(o_col == q, a, 0.0), axis=1)[:, None]
+    a = tl.where(o_col == p, c * a_p - s * a_q, tl.where(o_col == q, s * a_p + c * a_q, a))
+    v_p = tl.sum(tl.where(o_col == p, v, 0.0), axis=1)[:, None]
+    v_q = tl.sum(tl.where(o_col == q, v, 0.0), axis=1)[:, None]
+    v = tl.where(o_col == p, c * v_p - s * v_q, tl.where(o_col == q, s * v_p + c * v_q, v))
+    # rows p, q of a (already rotated on the right): [BLOCK] each, indexed by column
+    a_p = tl.sum(tl.where(o_row == p, a, 0.0), axis=0)[None, :]
+    a_q = tl.sum(tl.where(o_row == q, a, 0.0), axis=0)[None, :]
+    a = tl.where(o_row == p, c * a_p - s * a_q, tl.where(o_row == q, s * a_p + c * a_q, a))
+    return a, v
+
+
+@triton.jit
+def _solve_kernel(
+    gram_ptr,
+    bandwidth_ptr,
+    step_ptr,
+    mix_ptr,
+    status_ptr,
+    iterations,
+    B: tl.constexpr,
+    BLOCK: tl.constexpr,
+    VENDI: tl.constexpr,
+    COSINE: tl.constexpr,
+    FLOOR: tl.constexpr,
+    SWEEPS: tl.constexpr,
+):
+    """mix[g] = P - I after `iterations` steps T = I + step W(G), P <- T P, G <- T G T; status[g] = 1 if all finite."""
+    i_g = tl.program_id(0)
+    o_row = tl.arange(0, BLOCK)[:, None]
+    o_col = tl.arange(0, BLOCK)[None, :]
+    m_in = (o_row < B) & (o_col < B)
+    m_diag = (o_row == o_col) & m_in
+    eye = tl.where(o_row == o_col, 1.0, 0.0).to(tl.float64)
+    o_mat = i_g * B * B + o_row * B + o_col
+    # [BLOCK, BLOCK]
+    b_gram = tl.load(gram_ptr + o_mat, mask=m_in, other=0.0).to(tl.float64)
+    bandwidth = tl.load(bandwidth_ptr + i_g)
+    step = tl.load(step_ptr)  # float64: a Python float argument would arrive as float32
+    b_mixing = eye
+    b_vectors = eye
+    for _ in range(iterations):
+        sq_norm_row = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=1)[:, None]  # G_ii, indexed by row
+        sq_norm_col = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=0)[None, :]
+        if COSINE:
+            inv_sq_norm = tl.where(o_row < B, 1.0 / tl.where(o_row < B, sq_norm_row, 1.0), 0.0)
+            inv_sq_norm_col = tl.where(o_col < B, 1.0 / tl.where(o_col < B, sq_norm_col, 1.0), 0.0)
+            scaling = tl.sqrt(inv_sq_norm) * tl.sqrt(inv_sq_norm_col)
+            b_kernel = b_gram * scaling
+        else:
+            distance = tl.maximum(sq_norm_row + sq_norm_col - 2.0 * b_gram, 0.0)
+            b_kernel = tl.where(m_in, tl.exp(-distance / bandwidth), 0.0)
+        if VENDI:
+            b_rotated = _matmul(_matmul(tl.trans(b_vectors), b_kernel), b_vectors)
+            off = tl.sum(tl.sum(tl.where(o_row != o_col, b_rotated * b_rotated, 0.0), axis=1), axis=0)
+            total = tl.sum(tl.sum(b_rotated * b_rotated, axis=1), axis=0)
+            sweeps = 0
+            while (off > 1e-28 * total) & (sweeps < SWEEPS):
+                for p in range(B - 1):
+                    for q in range(p + 1, B):
+                        b_rotated, b_vectors = _rotate(b_rotated, b_vectors, p, q, o_row, o_col)
+                off = tl.sum(tl.sum(tl.where(o_row != o_col, b_rotated * b_rotated, 0.0), axis=1), axis=0)
+                sweeps += 1
+            eigenvalues = tl.sum(tl.where(m_diag, b_rotated, 0.0), axis=0)[None, :]  # indexed by column
+            log_eig = tl.where(o_col < B, tl.log(tl.maximum(eigenvalues, B * FLOOR)) / -B, 0.0)
+            b_objective = _matmul(b_vectors * log_eig, tl.trans(b_vectors))
+        else:
+            b_objective = tl.where(m_in, eye - 1.0, 0.0)
+        if COSINE:
+            b_force = b_objective * scaling
+            b_force -= tl.where(m_diag, tl.sum(b_objective * b_kernel, axis=1)[:, None] * inv_sq_norm, 0.0)
+            b_force *= 2.0
+        else:
+            b_force = b_objective * b_kernel / bandwidth
+            b_force -= tl.where(m_diag, tl.sum(b_force, axis=1)[:, None], 0.0)
+            b_force *= 4.0
+        b_transform = eye + step * tl.where(m_in, b_force, 0.0)
+        b_mixing = _matmul(b_transform, b_mixing)
+        b_gram = _matmul(_matmul(b_transform, b_gram), b_transform)
+    b_mix = b_mixing - eye
+    m_bad = m_in & ~((b_mix == b_mix) & (tl.abs(b_mix) < float("inf")))  # NaN or Inf
+    bad = tl.sum(tl.sum(tl.where(m_bad, 1, 0), axis=1), axis=0)
+    tl.store(mix_ptr + o_mat, b_mix, mask=m_in)
+    tl.store(status_ptr + i_g, (bad == 0).to(tl.int32))
+
+
+def solve_on_device(
+    gram: torch.Tensor,
+    *,
+    scale: float,
+    iterations: int,
+    objective: str,
+    kernel: str,
+    bandwidth: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixing matrices P - I [G, B, B] (float64, on gram's device) and a per-group finite flag [G] (int32).
+
+    Same contract as `fastrepulse.solver.solve` (rbf needs the groups' `bandwidth` [G]); no host sync.
+    """
+    num_groups, size, _ = gram.shape
+    if size > MAX_GROUP:
+        raise ValueError(f"the device solver takes groups of at most {MAX_GROUP} samples, got {size}")
+    gram = gram.to(torch.float64).contiguous()
+    if bandwidth is None:
+        bandwidth = torch.ones(num_groups, dtype=torch.float64, device=gram.device)
+    mix = torch.empty_like(gram)
+    status = torch.empty(num_groups, dtype=torch.int32, device=gram.device)
+    _solve_kernel[(num_groups,)](
+        gram_ptr=gram,
+        bandwidth_ptr=bandwidth.to(torch.float64).contiguous(),
+        step_ptr=torch.tensor([scale / iterations], dtype=torch.float64, device=gram.device),
+        mix_ptr=mix,
+        status_ptr=status,
+        iterations=iterations,
+        B=size,
+        BLOCK=triton.next_power_of_2(size),
+        VENDI=objective == "vendi",
+        COSINE=kernel == "cosine",
+        FLOOR=EIGENVALUE_FLOOR,
+        SWEEPS=MAX_SWEEPS,
+        num_warps=solver_warps(triton.next_power_of_2(size)),
+        maxnreg=MAX_REGISTERS,
+    )
+    return mix, status

@@ -1,0 +1,93 @@
+"""The device solver (kernels/solve.py) against the host solver and, inside repel, the float64 oracle.
+
+On the CPU the kernel runs in Triton's interpreter, which is slow, so iterations stay small here; the
+CUDA cases (run by bench/gpu_check.sh with `-k cuda`) use the full 50.
+"""
+
+import pytest
+import torch
+from oracle import UPDATE_TOLERANCE, assert_update_close, literal_loop
+from test_repel_parity import DEVICES, PAIRS, calibrated_scale, prompt_like
+
+from fastrepulse import repel
+from fastrepulse.forces import rbf_bandwidth
+from fastrepulse.kernels.solve import MAX_GROUP, solve_on_device
+from fastrepulse.solver import solve
+
+SOLVER_TOLERANCE = 1e-10
+"""Relative error of P - I against the host: both float64, eigh by LAPACK vs by Jacobi sweeps."""
+
+
+def prompt_grams(groups: int, size: int) -> torch.Tensor:
+    samples = torch.randn(groups, 1, 512, dtype=torch.float64) + 0.6 * torch.randn(groups, size, 512)
+    return samples @ samples.mT
+
+
+def host_and_device(gram: torch.Tensor, scale: float, iterations: int, objective: str, kernel: str):
+    bandwidth = torch.from_numpy(rbf_bandwidth(gram.numpy()).reshape(-1)) if kernel == "rbf" else None
+    expected = solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
+    mix, finite = solve_on_device(
+        gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel, bandwidth=bandwidth
+    )
+    return expected, mix, finite
+
+
+# (B, groups, iterations, objective, kernel): every pair at B 2-8; at B = 16 (the interpreter needs ~12 s
+# for one Jacobi eigendecomposition from a cold start) the entropy with each kernel.
+SOLVER_CASES = [
+    (size, groups, iterations, *pair)
+    for size, groups, iterations in [(2, 3, 4), (3, 1, 4), (5, 2, 3), (8, 1, 2)]
+    for pair in PAIRS
+]
+SOLVER_CASES += [(16, 1, 1, "vendi", "cosine")]
+
+
+@pytest.mark.parametrize(("size", "groups", "iterations", "objective", "kernel"), SOLVER_CASES)
+def test_device_solver_matches_the_host_solver(size, groups, iterations, objective, kernel):
+    gram = prompt_grams(groups, size)
+    scale = 0.5 if kernel == "rbf" else 5.0
+    expected, mix, finite = host_and_device(gram, scale, iterations, objective, kernel)
+    assert finite.tolist() == [1] * groups
+    error = ((mix - expected).norm() / expected.norm()).item()
+    assert error <= SOLVER_TOLERANCE, f"B{size} G{groups} M{iterations} {objective}-{kernel}: P - I off by {error:.1e}"
+
+
+def test_a_non_finite_group_is_flagged_alone():
+    gram = prompt_grams(3, 4)
+    gram[1, 2, 2] = float("nan")
+    options = {"scale": 5.0, "iterations": 3, "objective": "vendi", "kernel": "cosine"}
+    mix, finite = solve_on_device(gram, **options)
+    healthy, healthy_finite = solve_on_device(gram[[0, 2]], **options)
+    assert finite.tolist() == [1, 0, 1] and healthy_finite.tolist() == [1, 1]
+    assert torch.equal(mix[[0, 2]], healthy)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("objective,kernel", PAIRS, ids=[f"{o}-{k}" for o, k in PAIRS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("size", "groups", "shape"), [(2, 2, (7, 33)), (4, 1, (1, 1000)), (5, 2, (7, 33))])
+def test_repel_with_the_device_solver_matches_the_oracle(size, groups, shape, dtype, objective, kernel, device):
+    iterations = 50 if device == "cuda" else 5
+    x = prompt_like(size * groups, shape, dtype)
+    scale = calibrated_scale(x, size, objective, kernel)
+    expected = literal_loop(x, scale=scale, iterations=iterations, group_size=size, objective=objective, kernel=kernel)
+    options = {"objective": objective, "kernel": kernel, "backend": "triton", "solver": "device"}
+    result = repel(x.to(device), scale=scale, iterations=iterations, group_size=size, **options)
+    label = f"{device} device-solver B{size} G{groups} {dtype} {objective}-{kernel}"
+    assert_update_close(result.cpu(), x, expected, UPDATE_TOLERANCE[dtype], label)
+
+
+def test_device_solver_names_bad_samples_and_divergence():
+    x = prompt_like(8, (7, 33), torch.float32)
+    x[5, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf .* sample\(s\) \[5\]"):
+        repel(x, scale=1.0, iterations=2, group_size=4, backend="triton", solver="device")
+    x[5, 3, 3] = 0.0
+    original = x.clone()
+    with pytest.raises(ValueError, match=r"diverged.*lower scale or raise iterations"):
+        repel(x, scale=1e300, iterations=5, group_size=4, backend="triton", solver="device", out=x)
+    assert torch.equal(x, original)
+    with pytest.raises(ValueError, match=f"solver='device' takes groups of at most {MAX_GROUP} samples"):
+        repel(torch.randn(2 * MAX_GROUP, 8), scale=1.0, backend="triton", solver="device")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        repel(x, scale=1.0, solver="gpu")
