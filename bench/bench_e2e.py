@@ -130,8 +130,20 @@ MODELS = {
         "sd3", TINY_SD3, {**SD35_VAE, **TINY_VAE}, "sd3.5-large", 4, 3.5, 16, size=64, scheduler={"shift": 3.0}
     ),
 }
-VARIANTS = {"base": None, "reference": "reference", "fastrepulse": "auto"}
-"""Variant name -> repel backend (None: unpatched). "fastrepulse" is the default backend: triton on CUDA."""
+VARIANTS = {
+    "base": None,
+    "reference": {"backend": "reference"},
+    "fastrepulse": {"backend": "auto", "solver": "host"},
+    "fastrepulse-device-solver": {"backend": "auto", "solver": "device"},
+}
+"""Variant name -> repel options (None: unpatched). backend "auto" is triton on CUDA; the host solver is the
+default, the device solver the candidate this benchmark decides about."""
+
+
+def variants_for(device: str) -> dict[str, dict[str, str] | None]:
+    """The variants that run on `device`: the device solver is a Triton kernel, so CUDA only."""
+    cuda = device.startswith("cuda")
+    return {name: options for name, options in VARIANTS.items() if cuda or (options or {}).get("solver") != "device"}
 
 
 @dataclass
@@ -225,19 +237,19 @@ def bench_model(name: str, device: str, dtype: torch.dtype, images: int, repeats
     call = call_arguments(model, images, device, dtype)
     results: dict[str, tuple[float, int, float | None]] = {}
     scale: float | None = None
-    for variant, backend in VARIANTS.items():
-        if backend is None:
+    for variant, options in variants_for(device).items():
+        if options is None:
             timed_call(pipe, call, device)  # warm-up
             runs = [timed_call(pipe, call, device) for _ in range(repeats)]
             results[variant] = (statistics.median(s for s, _ in runs), max(m for _, m in runs), None)
             continue
 
-        def patched_run(value: float, backend: str = backend) -> None:
-            with fastrepulse.patched(pipe, model.preset, scale=value, group_size=images, backend=backend):
+        def patched_run(value: float, options: dict[str, str] = options) -> None:
+            with fastrepulse.patched(pipe, model.preset, scale=value, group_size=images, **options):
                 timed_call(pipe, call, device)
 
         scale = find_scale(patched_run, scale or fastrepulse.PRESETS[model.preset].scale)  # doubles as warm-up
-        with fastrepulse.patched(pipe, model.preset, scale=scale, group_size=images, backend=backend):
+        with fastrepulse.patched(pipe, model.preset, scale=scale, group_size=images, **options):
             runs = [timed_call(pipe, call, device) for _ in range(repeats)]
         results[variant] = (statistics.median(s for s, _ in runs), max(m for _, m in runs), scale)
         print(f"  {name} {variant}: {results[variant][0]:.3f} s", flush=True)
@@ -277,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\n{'model':12} {'variant':12} {'seconds':>8} {'overhead %':>10} {'peak mem %':>10} {'scale':>8}")
+    print(f"\n{'model':12} {'variant':26} {'seconds':>8} {'overhead %':>10} {'peak mem %':>10} {'scale':>8}")
     for r in records:
         scale = f"{r.scale:.0e}" if r.scale is not None else "-"
         print(
-            f"{r.model:12} {r.variant:12} {r.seconds:>8.3f} {r.overhead_pct:>10.2f} "
+            f"{r.model:12} {r.variant:26} {r.seconds:>8.3f} {r.overhead_pct:>10.2f} "
             f"{r.peak_mem_delta_pct:>10.2f} {scale:>8}"
         )
     return 0

@@ -7,7 +7,8 @@ record per (shape, B, dtype, iterations, variant):
 
 `triton` times the two passes over the tensor (Gram + apply, the solver's output precomputed);
 `solve_ms` is the host float64 solver on its own. `triton-call`, `torch` and `reference` time the
-whole `repel` call; with --compile, `torch-compile` times the torch backend's call with its two passes
+whole `repel` call; `triton-call-device` the call with solver="device" (its `solve_ms`: the device
+solver alone); with --compile, `torch-compile` times the torch backend's call with its two passes
 under torch.compile(mode="max-autotune", dynamic=False), compiled and autotuned per case before timing
 (slow: narrow the run with --shapes/--sizes). On a GPU that mode also records CUDA graphs, which copy
 inputs they do not own (x) into their own buffers on every call: part of what the variant measures.
@@ -35,6 +36,7 @@ import triton.testing
 
 from fastrepulse import repel
 from fastrepulse.kernels import apply_update, gram
+from fastrepulse.kernels.solve import solve_on_device
 from fastrepulse.reference import apply_torch, gram_torch
 from fastrepulse.solver import solve
 
@@ -148,7 +150,8 @@ def bench_case(
         return median_ms(fn, device, options.quick)
 
     records: list[Record] = []
-    backends = [("torch", "torch"), ("reference", "reference")]
+    calls = [("torch", "torch", "host"), ("reference", "reference", "host")]  # (variant, backend, solver)
+    device_solve_ms = None
     if device.type == "cuda":  # the Triton kernels need a GPU
         rows = x.view(size, -1)
         out = torch.empty_like(rows)
@@ -160,11 +163,19 @@ def bench_case(
             apply_update(rows, mix, out)
 
         records.append(record("triton", timed(passes), host_solve_ms(gram_matrix, iterations)))
-        backends.insert(0, ("triton-call", "triton"))
+        device_gram = gram_matrix.to(device)
+        device_solve_ms = timed(
+            lambda: solve_on_device(device_gram, scale=SCALE, iterations=iterations, objective="vendi", kernel="cosine")
+        )
+        calls[:0] = [("triton-call", "triton", "host"), ("triton-call-device", "triton", "device")]
     if iterations == CALL_ITERATIONS:  # the passes do not depend on M; whole calls are timed at one M
-        for variant, backend in backends:
-            call_ms = timed(lambda backend=backend: repel(x, scale=SCALE, iterations=iterations, backend=backend))
-            records.append(record(variant, call_ms))
+        for variant, backend, solver in calls:
+            call_ms = timed(
+                lambda backend=backend, solver=solver: repel(
+                    x, scale=SCALE, iterations=iterations, backend=backend, solver=solver
+                )
+            )
+            records.append(record(variant, call_ms, device_solve_ms if solver == "device" else None))
         if options.compile:
             records.append(record("torch-compile", timed(compiled_torch_call(x, iterations))))
     return records
@@ -216,7 +227,8 @@ def print_table(result: dict) -> None:
     print(f"\n{result['device']}: device copy {result['copy_gbps']:.0f} GB/s (read + write)")
     print(
         f"{'shape':17} {'B':>2} {'dtype':5} {'M':>3} {'passes ms':>9} {'floor x':>7} {'solve ms':>8} "
-        f"{'call ms':>8} {'torch ms':>8} {'compile ms':>10} {'ref ms':>8} {'ref/call':>8} {'compile/call':>12}"
+        f"{'call ms':>8} {'dev call':>8} {'torch ms':>8} {'compile ms':>10} {'ref ms':>8} {'ref/call':>8} "
+        f"{'compile/call':>12}"
     )
     rows: dict[tuple, dict] = {}
     for r in result["kernels"]:
@@ -224,13 +236,15 @@ def print_table(result: dict) -> None:
     nan = float("nan")
     for (shape, size, dtype, iterations), v in rows.items():
         passes = v.get("triton", {})
-        call, torch_ms, compiled, ref = (
-            v.get(name, {}).get("ms", nan) for name in ("triton-call", "torch", "torch-compile", "reference")
+        call, device_call, torch_ms, compiled, ref = (
+            v.get(name, {}).get("ms", nan)
+            for name in ("triton-call", "triton-call-device", "torch", "torch-compile", "reference")
         )
         print(
             f"{shape:17} {size:>2} {dtype:5} {iterations:>3} {passes.get('ms', nan):>9.4f} "
             f"{passes.get('floor_ratio', nan):>7.2f} {passes.get('solve_ms', nan):>8.2f} {call:>8.2f} "
-            f"{torch_ms:>8.2f} {compiled:>10.2f} {ref:>8.2f} {ref / call:>8.1f} {compiled / call:>12.2f}"
+            f"{device_call:>8.2f} {torch_ms:>8.2f} {compiled:>10.2f} {ref:>8.2f} {ref / call:>8.1f} "
+            f"{compiled / call:>12.2f}"
         )
 
 

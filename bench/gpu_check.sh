@@ -2,8 +2,8 @@
 # One-shot GPU verification of everything fastrepulse has: environment, real compilation and parity of
 # the kernels on CUDA against the float64 oracle (also inside a patched pipeline), Gram accuracy per
 # tiling, the kernel microbenchmarks and the end-to-end runs of Flux-dev and SD3.5-Large with random
-# weights. Writes raw logs, kernels.json, e2e.json and their union results.json under $OUT (default: a
-# fresh temp dir) and prints the end-to-end table last.
+# weights, and torch.compile(max-autotune) at B = 4. Writes raw logs, kernels.json, e2e.json,
+# kernels-compile.json and their union results.json under $OUT (default: a fresh temp dir).
 #
 # The package, nvtx and diffusers (with importlib_metadata) travel as wheels in .whl/ (no network there):
 #   pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata \
@@ -41,12 +41,20 @@ fi
 "$PY" -P bench/bench_e2e.py --repeats 2 --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+# torch.compile(max-autotune) compiles and autotunes per shape: B = 4 at every shape, within a bound.
+timeout 180 "$PY" -P bench/bench_kernels.py --quick --compile --sizes 4 --out "$OUT/kernels-compile.json" 2>&1 \
+  | tee "$OUT/bench-compile.log"
+
 "$PY" - "$OUT" <<'MERGE'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-parts = [json.loads((out / name).read_text()) for name in ("kernels.json", "e2e.json") if (out / name).exists()]
-merged = {key: value for part in parts for key, value in part.items()}
-merged.setdefault("kernels", []), merged.setdefault("e2e", [])
+read = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else {}
+kernels, e2e, compiled = read("kernels.json"), read("e2e.json"), read("kernels-compile.json")
+merged = {**compiled, **kernels, **e2e}
+merged["kernels"] = kernels.get("kernels", []) + [
+    r for r in compiled.get("kernels", []) if r["variant"] == "torch-compile"
+]
+merged.setdefault("e2e", [])
 (out / "results.json").write_text(json.dumps(merged, indent=1))
 MERGE
 exit $status

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from bench_e2e import VARIANTS, main
+from bench_e2e import main, variants_for
 
 
 def test_e2e_records_every_variant_of_both_families(tmp_path: Path) -> None:
@@ -16,8 +16,9 @@ def test_e2e_records_every_variant_of_both_families(tmp_path: Path) -> None:
     assert main([*models, "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
     records = json.loads(out.read_text())["e2e"]
     assert [(r["model"], r["variant"]) for r in records] == [
-        (model, variant) for model in ("tiny-flux", "tiny-sd3") for variant in VARIANTS
+        (model, variant) for model in ("tiny-flux", "tiny-sd3") for variant in variants_for("cpu")
     ]
+    assert set(variants_for("cpu")) == {"base", "reference", "fastrepulse"}
     for record in records:
         assert record["seconds"] > 0 and math.isfinite(record["overhead_pct"])
         assert (record["scale"] is None) == (record["variant"] == "base")

@@ -58,5 +58,6 @@ def particle_guidance(
         objective=config.objective,
         kernel=config.kernel,
         backend=config.backend,
+        solver=config.solver,
     )
     return model_output.add(force.sub_(position).to(model_output.dtype), alpha=sign)

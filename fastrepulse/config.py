@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
-from fastrepulse.repulsion import BACKENDS, Backend
+from fastrepulse.repulsion import BACKENDS, SOLVERS, Backend, Solver
 
 Method = Literal["contextual", "particle", "cads"]
 Site = Literal["attention", "block"]
@@ -40,7 +40,7 @@ class RepulsionConfig:
             or only the "text" tokens.
         objective, kernel: what is ascended (see `fastrepulse.repel`); for "particle" they default to the
             Particle-Guidance pairwise energy with an RBF kernel.
-        backend: backend of `fastrepulse.repel`.
+        backend, solver: backend and solver of `fastrepulse.repel`.
         group_size: samples per group, or "auto": `num_images_per_prompt` of each pipeline call, so the
             images of one prompt within one guidance branch repel each other and nothing else.
         cads_tau1, cads_tau2: CADS schedule on t in [0, 1] (1 = pure noise): the conditioning is clean for
@@ -60,6 +60,7 @@ class RepulsionConfig:
     objective: Objective = "vendi"
     kernel: Kernel = "cosine"
     backend: Backend = "auto"
+    solver: Solver = "host"
     group_size: int | Literal["auto"] = "auto"
     cads_tau1: float = 0.6
     cads_tau2: float = 0.9
@@ -87,6 +88,7 @@ class RepulsionConfig:
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("kernel", self.kernel, KERNELS)
         _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("solver", self.solver, SOLVERS)
         if self.group_size != "auto":
             _check_int("group_size", self.group_size, minimum=1, also='or "auto"')
         _check_number("cads_tau1", self.cads_tau1, minimum=0.0, maximum=1.0)

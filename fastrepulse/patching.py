@@ -24,7 +24,7 @@ from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
 from fastrepulse.forces import Kernel, Objective
 from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, select_blocks
-from fastrepulse.repulsion import Backend, repel
+from fastrepulse.repulsion import Backend, Solver, repel
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
@@ -44,6 +44,7 @@ def patch(
     objective: Objective | None = None,
     kernel: Kernel | None = None,
     backend: Backend | None = None,
+    solver: Solver | None = None,
     group_size: int | Literal["auto"] | None = None,
     seed: int | None = None,
 ) -> RepulsionHandle:
@@ -220,6 +221,7 @@ class RepulsionHandle:
             "objective": config.objective,
             "kernel": config.kernel,
             "backend": config.backend,
+            "solver": config.solver,
         }
         if len(parts) == 1:
             repel(parts[0], out=parts[0], **options)

@@ -391,3 +391,15 @@ def test_presets_carry_the_paper_settings() -> None:
     assert fastrepulse.PRESETS["sd3.5-turbo"].steps == 1 and fastrepulse.PRESETS["sd3.5-turbo"].iterations == 100
     handle = fastrepulse.patch(pipelines.flux(), preset="flux-dev", iterations=10)
     assert handle.config == fastrepulse.PRESETS["flux-dev"].replace(iterations=10)
+
+
+def test_triton_backend_and_device_solver_inside_the_hooks() -> None:
+    """The kernels (Triton's interpreter here) in real hooks give what the eager backend and host solver give."""
+    pipe = pipelines.flux()
+    options = {"scale": 1000.0, "steps": 1, "iterations": 3, "blocks": [0, 3]}
+    with fastrepulse.patched(pipe, backend="torch", solver="host", **options):
+        eager = _generate(pipe, prompt=PROMPTS[:1])
+    with fastrepulse.patched(pipe, backend="triton", solver="device", **options):
+        fused = _generate(pipe, prompt=PROMPTS[:1])
+    assert not torch.equal(fused, _generate(pipe, prompt=PROMPTS[:1]))
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
