@@ -336,7 +336,15 @@ def test_prompt_embeds_of_one_prompt_broadcast_to_its_images(repel_calls: list[R
     assert [(c.shape[0], c.group_size) for c in repel_calls] == [(IMAGES, IMAGES)]
 
 
-def test_torch_compile_does_not_recompile_per_step() -> None:
+def test_torch_compile_does_not_recompile_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    traced: list[bool] = []  # for every repel a hook makes: was it running inside Dynamo's tracing?
+    real_method = fastrepulse.RepulsionHandle._repel
+
+    def method(self: fastrepulse.RepulsionHandle, *parts: torch.Tensor) -> None:
+        traced.append(torch.compiler.is_compiling())
+        real_method(self, *parts)
+
+    monkeypatch.setattr(fastrepulse.RepulsionHandle, "_repel", method)
     pipe = pipelines.flux()
     with fastrepulse.patched(pipe, scale=300.0, steps=2, site="block"):
         expected = _generate(pipe)
@@ -350,6 +358,7 @@ def test_torch_compile_does_not_recompile_per_step() -> None:
     torch._dynamo.reset()
     torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(again, compiled) and not torch.equal(longer, compiled)
+    assert traced and not any(traced)  # the hook bodies stay outside the graphs (torch.compiler.disable)
 
 
 def test_scheduler_replaced_while_patched_is_wrapped_and_restored(repel_calls: list[RepelCall]) -> None:
