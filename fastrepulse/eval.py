@@ -192,12 +192,7 @@ def kid(
         >>> mean > 0.1
         True
     """
-    a = _check_features(features_a, "features_a", batched=False, min_samples=2)
-    b = _check_features(features_b, "features_b", batched=False, min_samples=2)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"features_a and features_b must have the same feature count D, got {a.shape[1]} and {b.shape[1]}"
-        )
+    a, b = _check_pair(features_a, features_b)
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
         raise ValueError(f"degree must be a positive int, got {degree!r}")
     if gamma is None:
@@ -257,12 +252,7 @@ def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
         >>> fid(a, a) < 1e-9
         True
     """
-    a = _check_features(features_a, "features_a", batched=False, min_samples=2)
-    b = _check_features(features_b, "features_b", batched=False, min_samples=2)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"features_a and features_b must have the same feature count D, got {a.shape[1]} and {b.shape[1]}"
-        )
+    a, b = _check_pair(features_a, features_b)
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = _covariance(a, mean_a), _covariance(b, mean_b)
     eig_a, vec_a = torch.linalg.eigh(cov_a)
@@ -282,6 +272,17 @@ def _check_order(q: float) -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q <= 0:
         raise ValueError(f"q must be a number > 0 (math.inf allowed), got {q!r}")
     return float(q)
+
+
+def _check_pair(features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two feature sets [N_a, D] and [N_b, D] of at least two samples each, checked, in float64."""
+    a = _check_features(features_a, "features_a", batched=False, min_samples=2)
+    b = _check_features(features_b, "features_b", batched=False, min_samples=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"features_a and features_b must have the same feature count D, got {a.shape[1]} and {b.shape[1]}"
+        )
+    return a, b
 
 
 def _check_features(features: torch.Tensor, name: str, *, batched: bool, min_samples: int) -> torch.Tensor:
