@@ -242,6 +242,7 @@ def bench_model(name: str, device: str, dtype: torch.dtype, images: int, repeats
             timed_call(pipe, call, device)  # warm-up
             runs = [timed_call(pipe, call, device) for _ in range(repeats)]
             results[variant] = (statistics.median(s for s, _ in runs), max(m for _, m in runs), None)
+            print(f"  {name} {variant}: {results[variant][0]:.3f} s", flush=True)
             continue
 
         def patched_run(value: float, options: dict[str, str] = options) -> None:
