@@ -59,7 +59,9 @@ def _rotate(a, v, p, q, o_row, o_col):
     a_p = tl.sum(tl.where(o_row == p, a, 0.0), axis=0)[None, :]
     a_q = tl.sum(tl.where(o_row == q, a, 0.0), axis=0)[None, :]
     a = tl.where(o_row == p, c * a_p - s * a_q, tl.where(o_row == q, s * a_p + c * a_q, a))
-    return a, v
+    # the rotation zeroes a[p, q] and a[q, p] up to rounding: set them (Rutishauser), or their rounding
+    # (and any rounding asymmetry of a) would hold the off-diagonal mass above a tight threshold
+    return tl.where(((o_row == p) & (o_col == q)) | ((o_row == q) & (o_col == p)), 0.0, a), v
 
 
 @triton.jit
@@ -87,6 +89,8 @@ def _solve_kernel(
     o_mat = i_g * B * B + o_row * B + o_col
     # [BLOCK, BLOCK]
     b_gram = tl.load(gram_ptr + o_mat, mask=m_in, other=0.0).to(tl.float64)
+    # B * FLOOR as a float64 constant: a bare Python float would be rounded to float32 (by 4e-9 at B = 4)
+    floor = tl.full([1, BLOCK], B * FLOOR, tl.float64)
     bandwidth = tl.load(bandwidth_ptr + i_g)
     step = tl.load(step_ptr)  # float64: a Python float argument would arrive as float32
     b_mixing = eye
@@ -107,14 +111,15 @@ def _solve_kernel(
             off = tl.sum(tl.sum(tl.where(o_row != o_col, b_rotated * b_rotated, 0.0), axis=1), axis=0)
             total = tl.sum(tl.sum(b_rotated * b_rotated, axis=1), axis=0)
             sweeps = 0
-            while (off > 1e-28 * total) & (sweeps < SWEEPS):
+            # until the off-diagonal mass is eps^2 of the total, the backward error of LAPACK's eigh
+            while (off > 1e-32 * total) & (sweeps < SWEEPS):
                 for p in range(B - 1):
                     for q in range(p + 1, B):
                         b_rotated, b_vectors = _rotate(b_rotated, b_vectors, p, q, o_row, o_col)
                 off = tl.sum(tl.sum(tl.where(o_row != o_col, b_rotated * b_rotated, 0.0), axis=1), axis=0)
                 sweeps += 1
             eigenvalues = tl.sum(tl.where(m_diag, b_rotated, 0.0), axis=0)[None, :]  # indexed by column
-            log_eig = tl.where(o_col < B, tl.log(tl.maximum(eigenvalues, B * FLOOR)) / -B, 0.0)
+            log_eig = tl.where(o_col < B, tl.log(tl.maximum(eigenvalues, floor)) / -B, 0.0)
             b_objective = _matmul(b_vectors * log_eig, tl.trans(b_vectors))
         else:
             b_objective = tl.where(m_in, eye - 1.0, 0.0)
@@ -129,6 +134,9 @@ def _solve_kernel(
         b_transform = eye + step * tl.where(m_in, b_force, 0.0)
         b_mixing = _matmul(b_transform, b_mixing)
         b_gram = _matmul(_matmul(b_transform, b_gram), b_transform)
+        # G is symmetric, its computed update not quite; the steps amplify that skew part in the near-null
+        # directions of K, and Jacobi, which cannot remove a skew part, would then not converge
+        b_gram = 0.5 * (b_gram + tl.trans(b_gram))
     b_mix = b_mixing - eye
     m_bad = m_in & ~((b_mix == b_mix) & (tl.abs(b_mix) < float("inf")))  # NaN or Inf
     bad = tl.sum(tl.sum(tl.where(m_bad, 1, 0), axis=1), axis=0)

@@ -4,6 +4,7 @@ On the CPU the kernel runs in Triton's interpreter, which is slow, so iterations
 CUDA cases (run by bench/gpu_check.sh with `-k cuda`) use the full 50.
 """
 
+import numpy as np
 import pytest
 import torch
 from oracle import UPDATE_TOLERANCE, assert_update_close, literal_loop
@@ -50,6 +51,57 @@ def test_device_solver_matches_the_host_solver(size, groups, iterations, objecti
     assert finite.tolist() == [1] * groups
     error = ((mix - expected).norm() / expected.norm()).item()
     assert error <= SOLVER_TOLERANCE, f"B{size} G{groups} M{iterations} {objective}-{kernel}: P - I off by {error:.1e}"
+
+
+def one_prompt_grams(groups: int, size: int, spread: float, dtype: torch.dtype) -> torch.Tensor:
+    """Gram matrices [G, B, B] of one prompt's samples in an early block: a shared row plus `spread` of
+    noise per sample (0: identical samples), |x|^2 of 1e8 to 1e12 as in random-weight models, rounded to
+    `dtype`; summed in float32 for 16-bit rows as the gram kernel does, returned in float64 as it does.
+    """
+    sq_norm = 10.0 ** (8.0 + 4.0 * torch.rand(groups, 1, 1, dtype=torch.float64))
+    shared = torch.randn(groups, 1, 3072, dtype=torch.float64)
+    rows = ((shared + spread * torch.randn(groups, size, 3072)) * (sq_norm / 3072).sqrt()).to(dtype)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    rows = rows.to(accumulate)
+    return (rows @ rows.mT).to(torch.float64)
+
+
+# (B, iterations, spread, dtype, scale / |x|^2): identical samples (K = 1 1^T: one eigenvalue B, the rest
+# floored) and samples closer than the floor resolves (cosine 1 - 1e-14 .. 1 - 1e-24), in steps small enough
+# that the rounding the steps amplify in the null directions of K stays below the floor (well-conditioned).
+DEGENERATE_CASES = [
+    (4, 1, 0.0, torch.bfloat16, 2.0),
+    (9, 1, 0.0, torch.bfloat16, 2.0),
+    (4, 3, 0.0, torch.bfloat16, 0.5),
+    (4, 1, 1e-7, torch.float64, 2.0),
+    (3, 2, 1e-12, torch.float64, 0.5),
+]
+
+
+@pytest.mark.parametrize(
+    ("size", "iterations", "spread", "dtype", "relative_scale"),
+    DEGENERATE_CASES,
+    ids=[f"B{b}-M{m}-spread{s:g}-{str(d)[6:]}" for b, m, s, d, _ in DEGENERATE_CASES],
+)
+def test_device_solver_matches_the_host_solver_on_one_prompts_samples(size, iterations, spread, dtype, relative_scale):
+    gram = one_prompt_grams(2, size, spread, dtype)
+    scale = relative_scale * gram[:, 0, 0].min().item()
+    expected, mix, finite = host_and_device(gram, scale, iterations, "vendi", "cosine")
+    assert finite.tolist() == [1, 1]
+    error = ((mix - expected).norm() / expected.norm()).item()
+    assert error <= SOLVER_TOLERANCE, f"B{size} M{iterations} spread {spread:g}: P - I off by {error:.1e}"
+
+
+def test_a_diverged_group_of_identical_samples_is_flagged():
+    gram = one_prompt_grams(1, 4, 0.0, torch.bfloat16)
+    options = {"scale": 1e200 * gram[0, 0, 0].item(), "iterations": 3, "objective": "vendi", "kernel": "cosine"}
+    with np.errstate(all="ignore"):
+        try:
+            host_finite = bool(torch.isfinite(solve(gram, **options)).all())
+        except np.linalg.LinAlgError:  # eigh on a non-finite state
+            host_finite = False
+    assert not host_finite
+    assert solve_on_device(gram, **options)[1].tolist() == [0]
 
 
 def test_a_non_finite_group_is_flagged_alone():
