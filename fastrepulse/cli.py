@@ -15,6 +15,8 @@ from fastrepulse.config import METHODS, PRESETS
 from fastrepulse.patching import patch
 
 DEFAULT_PRESETS = {
+    "TestbedFluxPipeline": "testbed",
+    "TestbedSD3Pipeline": "testbed",
     "FluxKontextPipeline": "flux-kontext",
     "FluxPipeline": "flux-dev",
     "StableDiffusion3Pipeline": "sd3.5-large",
@@ -25,6 +27,9 @@ MIN_CELL = 256  # small images (the testbed's) are enlarged with nearest-neighbo
 LABEL_WIDTH = 220
 GAP = 4  # white pixels between images
 TITLE_HEIGHT = 28
+TESTBED_MODELS = ("testbed-flux", "testbed-sd3")
+"""The digit models shipped in the package (fastrepulse.testbed), trained here on real handwritten digits."""
+DEFAULT_PROMPT = "a handwritten 7"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -33,8 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastrepulse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="write a base-vs-repulsion grid for one prompt")
-    generate.add_argument("--model", help="diffusers pipeline folder or hub id (default: the embedded testbed model)")
-    generate.add_argument("--prompt", required=True)
+    generate.add_argument(
+        "--model",
+        default=TESTBED_MODELS[0],
+        help=f"diffusers pipeline folder or hub id, or an embedded testbed model: {', '.join(TESTBED_MODELS)} "
+        "(default: %(default)s)",
+    )
+    generate.add_argument("--prompt", default=DEFAULT_PROMPT, help="default: %(default)r")
     generate.add_argument("--images", type=int, default=4, help="images per row, one group (default 4)")
     generate.add_argument("--preset", choices=sorted(PRESETS), help="default: chosen from the pipeline class")
     generate.add_argument("--method", choices=METHODS, default=None, help="default: contextual")
@@ -80,16 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def load_pipeline(model: str | None, device: str, dtype: str | None) -> Any:
-    """A diffusers pipeline from a folder or hub id on `device`; no model means the embedded testbed."""
+def load_pipeline(model: str, device: str, dtype: str | None) -> Any:
+    """A diffusers pipeline from a folder or hub id, or an embedded testbed model, on `device`."""
     from diffusers import DiffusionPipeline
 
-    if model is None:
-        raise ValueError(
-            "no embedded default model yet (the trained testbed lands with fastrepulse.testbed); "
-            "pass --model with a diffusers Flux, Flux-Kontext or SD3 pipeline folder or hub id"
-        )
     torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if model in TESTBED_MODELS:
+        from fastrepulse.testbed import pipeline
+
+        pipe = pipeline(model.removeprefix("testbed-")).to(device)
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
+        pipe.set_progress_bar_config(disable=False)
+        return pipe
     with warnings.catch_warnings():  # torch_dtype: the keyword every supported release takes (newer ones prefer dtype)
         warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
         return DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype).to(device)

@@ -132,6 +132,8 @@ PRESETS: dict[str, RepulsionConfig] = {
     "flux-kontext": RepulsionConfig(scale=2e8, steps=1, iterations=50),  # as Flux-dev, on the instruction stream
     "sd3.5-large": RepulsionConfig(scale=5e4, steps=4, iterations=100),  # eta 5e2 .. 5e6, 28 steps, true CFG 3.5
     "sd3.5-turbo": RepulsionConfig(scale=1e6, steps=1, iterations=100),  # eta 1e5 .. 1e7, 4 steps, no CFG
+    # What bench/diversity.py recommends for the testbed digit models (docs/diversity.md): every step.
+    "testbed": RepulsionConfig(scale=3e4, steps="all", iterations=50),
 }
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {

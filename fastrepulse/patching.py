@@ -143,7 +143,7 @@ class RepulsionHandle:
     def pipeline_call(self, call: Any, args: tuple, kwargs: dict) -> Iterator[None]:
         """Per-call state for one call of the pipeline's original `__call__`, dropped when it ends."""
         bound = _signature(call).bind(self.pipe, *args, **kwargs)
-        images_per_prompt = bound.arguments.get("num_images_per_prompt") or 1
+        images_per_prompt = bound.arguments.get("num_images_per_prompt") or kwargs.get("num_images_per_prompt") or 1
         if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
             self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
         self._call = _CallState(images_per_prompt)

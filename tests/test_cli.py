@@ -54,9 +54,16 @@ def test_generate_reports_bad_options_clearly(flux_folder: Path, tmp_path: Path,
         main([*_arguments(flux_folder, out), "--images", "1"])
 
 
-def test_the_command_without_a_model_explains_what_to_pass() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fastrepulse", "generate", "--prompt", "a red cat"], capture_output=True, text=True
-    )
-    assert result.returncode == 2
-    assert "no embedded default model yet" in result.stderr and "--model" in result.stderr
+def test_the_command_without_a_model_runs_the_embedded_testbed(tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    command = [sys.executable, "-m", "fastrepulse", "generate", "--images", "2", "--num-inference-steps", "4"]
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    base, repelled = _rows(out, 2)
+    assert "a handwritten 7" in result.stdout or out.exists()
+    assert not np.array_equal(base, repelled), "the testbed preset changed nothing"
+
+
+def test_an_unknown_model_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
+    assert "missing" in capsys.readouterr().err
