@@ -137,8 +137,18 @@ def load_weights(pipe: DiffusionPipeline, state: dict[str, torch.Tensor], latent
     pipe.vae.register_to_config(**{key: float(latents[key]) for key in ("shift_factor", "scaling_factor")})
     for name, module in trainable(pipe).items():
         prefix = f"{name}."
-        own = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-        module.load_state_dict({k: v.float() for k, v in own.items()}, strict=True)
+        own = {key[len(prefix) :]: value.float() for key, value in state.items() if key.startswith(prefix)}
+        module.load_state_dict(_same_layout(own, set(module.state_dict())), strict=True)
+
+
+def _same_layout(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """`state` keyed as `expected`: transformers 5 dropped CLIPTextModel's `text_model.` wrapper, which 4.x
+    keeps; anything else that differs is left for the strict load to report."""
+    for rename in (lambda key: key, lambda key: "text_model." + key, lambda key: key.removeprefix("text_model.")):
+        renamed = {rename(key): value for key, value in state.items()}
+        if set(renamed) == expected:
+            return renamed
+    return state
 
 
 def latent_statistics(pipe: DiffusionPipeline) -> dict[str, str]:
