@@ -124,7 +124,8 @@ def grid(rows: dict[str, list[Image.Image]], title: str) -> Image.Image:
         draw.multiline_text((8, top + 8), label, fill="black", font=font)
         for column, image in enumerate(images):
             canvas.paste(
-                image.convert("RGB").resize((cell_w, cell_h), Image.NEAREST), (LABEL_WIDTH + column * cell_w, top)
+                image.convert("RGB").resize((cell_w, cell_h), Image.NEAREST),
+                (LABEL_WIDTH + column * (cell_w + GAP), top),
             )
     return canvas
 
