@@ -6,9 +6,6 @@ calls give identical pipelines; the caller's RNG state is left untouched.
 """
 
 import functools
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,17 +24,14 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
-from tokenizers.models import WordLevel
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    PreTrainedTokenizerFast,
     T5Config,
     T5EncoderModel,
 )
+
+from fastrepulse.testbed.text import clip_encoder, clip_tokenizer, t5_tokenizer
 
 HEIGHT = 32  # image size for every pipeline: a multiple of 2 * vae_scale_factor (* patch size) for all of them
 WIDTH = 32
@@ -62,55 +56,6 @@ def _seeded(build: Callable[[], P]) -> Callable[[], P]:
         return pipe
 
     return wrapper
-
-
-@functools.cache
-def _clip_vocab_dir() -> tempfile.TemporaryDirectory:
-    """Byte-level CLIP vocab (every byte alone and as a word end) with no merges, written once per process."""
-    directory = tempfile.TemporaryDirectory(prefix="fastrepulse-clip-")  # kept alive by the cache, removed at exit
-    chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # unsorted, its order changes from process to process
-    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    with open(os.path.join(directory.name, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(tokens)}, f)
-    with open(os.path.join(directory.name, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-    return directory
-
-
-def _clip_tokenizer() -> CLIPTokenizer:
-    """Character-level CLIP tokenizer; paths are positional because transformers 5 ignores them as keywords."""
-    directory = _clip_vocab_dir().name
-    vocab, merges = (os.path.join(directory, name) for name in ("vocab.json", "merges.txt"))
-    return CLIPTokenizer(vocab, merges, model_max_length=77)
-
-
-def _clip(cls: type[CLIPTextModel | CLIPTextModelWithProjection]) -> CLIPTextModel | CLIPTextModelWithProjection:
-    """Two-layer CLIP text encoder, width 32; two layers because SD3/SDXL read the penultimate hidden state."""
-    eos = 2 * 256 + 1  # id of <|endoftext|> in the vocab above, which also pads
-    config = CLIPTextConfig(
-        vocab_size=eos + 1,
-        hidden_size=32,
-        intermediate_size=64,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=eos - 1,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
-    return cls(config)
-
-
-def _t5_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character, closed by </s> as T5 does."""
-    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", *map(chr, range(32, 127))])}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
 
 
 def _t5(d_model: int) -> T5EncoderModel:
@@ -154,10 +99,10 @@ def _flux_components() -> dict:
         "transformer": transformer,
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "vae": _vae(),
-        "text_encoder": _clip(CLIPTextModel),
-        "tokenizer": _clip_tokenizer(),
+        "text_encoder": clip_encoder(CLIPTextModel, 32, 77),
+        "tokenizer": clip_tokenizer(77),
         "text_encoder_2": _t5(32),
-        "tokenizer_2": _t5_tokenizer(),
+        "tokenizer_2": t5_tokenizer(),
     }
 
 
@@ -192,12 +137,12 @@ def sd3() -> StableDiffusion3Pipeline:
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_vae(),
-        text_encoder=_clip(CLIPTextModelWithProjection),
-        tokenizer=_clip_tokenizer(),
-        text_encoder_2=_clip(CLIPTextModelWithProjection),
-        tokenizer_2=_clip_tokenizer(),
+        text_encoder=clip_encoder(CLIPTextModelWithProjection, 32, 77),
+        tokenizer=clip_tokenizer(77),
+        text_encoder_2=clip_encoder(CLIPTextModelWithProjection, 32, 77),
+        tokenizer_2=clip_tokenizer(77),
         text_encoder_3=_t5(64),
-        tokenizer_3=_t5_tokenizer(),
+        tokenizer_3=t5_tokenizer(),
     )
 
 
@@ -228,8 +173,8 @@ def sd() -> StableDiffusionPipeline:
         unet=_unet(cross_attention_dim=32),
         scheduler=_euler(),
         vae=_vae(),
-        text_encoder=_clip(CLIPTextModel),
-        tokenizer=_clip_tokenizer(),
+        text_encoder=clip_encoder(CLIPTextModel, 32, 77),
+        tokenizer=clip_tokenizer(77),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -249,8 +194,8 @@ def sdxl() -> StableDiffusionXLPipeline:
         unet=unet,
         scheduler=_euler(),
         vae=_vae(),
-        text_encoder=_clip(CLIPTextModel),
-        tokenizer=_clip_tokenizer(),
-        text_encoder_2=_clip(CLIPTextModelWithProjection),
-        tokenizer_2=_clip_tokenizer(),
+        text_encoder=clip_encoder(CLIPTextModel, 32, 77),
+        tokenizer=clip_tokenizer(77),
+        text_encoder_2=clip_encoder(CLIPTextModelWithProjection, 32, 77),
+        tokenizer_2=clip_tokenizer(77),
     )

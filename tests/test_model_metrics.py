@@ -9,7 +9,6 @@ import importlib
 import sys
 from pathlib import Path
 
-import pipelines
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +17,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from fastrepulse import model_metrics as mm
 from fastrepulse.eval import vendi
+from fastrepulse.testbed.text import clip_tokenizer
 
 
 def _images(count: int, size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -190,7 +190,7 @@ def test_load_lpips_errors():
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIPModel and its processor (offline character-level tokenizer), saved as from a hub."""
     directory = tmp_path_factory.mktemp("clip")
-    tokenizer = pipelines._clip_tokenizer()
+    tokenizer = clip_tokenizer(77)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
     config = CLIPConfig(

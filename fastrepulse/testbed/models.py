@@ -9,10 +9,6 @@ trained weights shipped in `weights/<name>.safetensors`; `bench/train_testbed.py
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,19 +24,10 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from safetensors import safe_open
-from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
-from tokenizers.models import WordLevel
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5EncoderModel,
-)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from fastrepulse.testbed.digits import SIZE
+from fastrepulse.testbed.text import clip_encoder, clip_tokenizer, t5_encoder, t5_tokenizer
 
 PROMPT = "a handwritten {digit}"
 """The testbed's prompts: `PROMPT.format(digit=7)`; the empty prompt is the unconditional one."""
@@ -184,10 +171,10 @@ def _build(name: str) -> DiffusionPipeline:
             transformer=transformer,
             scheduler=scheduler,
             vae=vae(),
-            text_encoder=_clip(CLIPTextModel),
-            tokenizer=_clip_tokenizer(),
-            text_encoder_2=_t5(),
-            tokenizer_2=_t5_tokenizer(),
+            text_encoder=clip_encoder(CLIPTextModel, CLIP_WIDTH, CLIP_TOKENS),
+            tokenizer=clip_tokenizer(CLIP_TOKENS),
+            text_encoder_2=t5_encoder(TEXT_WIDTH),
+            tokenizer_2=t5_tokenizer(),
         )
     else:
         transformer = SD3Transformer2DModel(
@@ -207,12 +194,12 @@ def _build(name: str) -> DiffusionPipeline:
             transformer=transformer,
             scheduler=scheduler,
             vae=vae(),
-            text_encoder=_clip(CLIPTextModelWithProjection),
-            tokenizer=_clip_tokenizer(),
-            text_encoder_2=_clip(CLIPTextModelWithProjection),
-            tokenizer_2=_clip_tokenizer(),
-            text_encoder_3=_t5(),
-            tokenizer_3=_t5_tokenizer(),
+            text_encoder=clip_encoder(CLIPTextModelWithProjection, CLIP_WIDTH, CLIP_TOKENS),
+            tokenizer=clip_tokenizer(CLIP_TOKENS),
+            text_encoder_2=clip_encoder(CLIPTextModelWithProjection, CLIP_WIDTH, CLIP_TOKENS),
+            tokenizer_2=clip_tokenizer(CLIP_TOKENS),
+            text_encoder_3=t5_encoder(TEXT_WIDTH),
+            tokenizer_3=t5_tokenizer(),
         )
     pipe.default_sample_size = SIZE // pipe.vae_scale_factor
     return pipe
@@ -234,63 +221,3 @@ def vae() -> AutoencoderKL:
         shift_factor=0.0,  # set from the trained latents' statistics, stored with the weights
         scaling_factor=1.0,
     )
-
-
-@functools.cache
-def _clip_vocab_dir() -> tempfile.TemporaryDirectory:
-    """Byte-level CLIP vocab (every byte alone and as a word end) with no merges, written once per process."""
-    directory = tempfile.TemporaryDirectory(prefix="fastrepulse-clip-")  # kept alive by the cache, removed at exit
-    chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # unsorted, its order changes from process to process
-    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    with open(os.path.join(directory.name, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(tokens)}, f)
-    with open(os.path.join(directory.name, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-    return directory
-
-
-def _clip_tokenizer(max_length: int = CLIP_TOKENS) -> CLIPTokenizer:
-    """Character-level CLIP tokenizer; paths are positional because transformers 5 ignores them as keywords."""
-    directory = _clip_vocab_dir().name
-    vocab, merges = (os.path.join(directory, name) for name in ("vocab.json", "merges.txt"))
-    return CLIPTokenizer(vocab, merges, model_max_length=max_length)
-
-
-def _clip(
-    cls: type[CLIPTextModel | CLIPTextModelWithProjection], max_length: int = CLIP_TOKENS
-) -> CLIPTextModel | CLIPTextModelWithProjection:
-    """Two-layer CLIP text encoder; two layers because SD3 reads the penultimate hidden state."""
-    eos = 2 * 256 + 1  # id of <|endoftext|> in the vocab above, which also pads
-    config = CLIPTextConfig(
-        vocab_size=eos + 1,
-        hidden_size=CLIP_WIDTH,
-        intermediate_size=2 * CLIP_WIDTH,
-        projection_dim=CLIP_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=max_length,
-        bos_token_id=eos - 1,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
-    return cls(config)
-
-
-def _t5_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character, closed by </s> as T5 does."""
-    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", *map(chr, range(32, 127))])}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
-
-
-def _t5(d_model: int = TEXT_WIDTH) -> T5EncoderModel:
-    """Two-layer T5 encoder; its width is the transformer's joint_attention_dim."""
-    config = T5Config(
-        vocab_size=128, d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8,
-    )  # fmt: skip
-    return T5EncoderModel(config)
