@@ -233,7 +233,9 @@ def find_scale(run: Callable[[float], None], scale: float, attempts: int = 8) ->
 
 def bench_model(name: str, device: str, dtype: torch.dtype, images: int, repeats: int) -> list[Record]:
     model = MODELS[name]
+    start = time.perf_counter()
     pipe = build_pipeline(model, device, dtype)
+    print(f"  {name}: built in {time.perf_counter() - start:.1f} s", flush=True)  # where a short lease's time goes
     call = call_arguments(model, images, device, dtype)
     results: dict[str, tuple[float, int, float | None]] = {}
     scale: float | None = None
@@ -249,7 +251,9 @@ def bench_model(name: str, device: str, dtype: torch.dtype, images: int, repeats
             with fastrepulse.patched(pipe, model.preset, scale=value, group_size=images, **options):
                 timed_call(pipe, call, device)
 
+        start = time.perf_counter()
         scale = find_scale(patched_run, scale or fastrepulse.PRESETS[model.preset].scale)  # doubles as warm-up
+        print(f"  {name} {variant}: warm-up (compilation included) {time.perf_counter() - start:.1f} s", flush=True)
         with fastrepulse.patched(pipe, model.preset, scale=scale, group_size=images, **options):
             runs = [timed_call(pipe, call, device) for _ in range(repeats)]
         results[variant] = (statistics.median(s for s, _ in runs), max(m for _, m in runs), scale)
