@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from fastrepulse.testbed import classify, digits, split
 from fastrepulse.testbed.models import (
-    MODELS,
+    CALL_DEFAULTS,
     PROMPT,
     WEIGHTS,
     latent_statistics,
@@ -70,7 +70,7 @@ def encode_latents(pipe, images: torch.Tensor, generator: torch.Generator) -> to
 def prompt_table(pipe, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings [11, T, D] and pooled embeddings [11, P] of the ten digit prompts and "" (index 10)."""
     prompts = [PROMPT.format(digit=d) for d in range(10)] + [""]
-    length = MODELS[name].defaults["max_sequence_length"]
+    length = CALL_DEFAULTS[name]["max_sequence_length"]
     with torch.no_grad():
         if name == "flux":
             embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=length)
@@ -149,7 +149,7 @@ def check_fidelity(pipe, images_per_digit: int = 8) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable; default: both")
+    parser.add_argument("--model", action="append", choices=sorted(CALL_DEFAULTS), help="repeatable; default: both")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=3000, help="transformer training steps")
@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vae: {args.vae_steps} steps on {len(images)} training digits", flush=True)
     shared = pipeline("flux", trained=False)
     train_vae(shared, images, args.vae_steps, args.batch, generator)
-    for name in args.model or sorted(MODELS):
-        generator = torch.Generator().manual_seed(args.seed + 1 + sorted(MODELS).index(name))  # one model alone too
+    for name in args.model or sorted(CALL_DEFAULTS):
+        # Each model its own generator: training one alone gives the same weights as training both.
+        generator = torch.Generator().manual_seed(args.seed + 1 + sorted(CALL_DEFAULTS).index(name))
         pipe = pipeline(name, trained=False)
         pipe.vae.load_state_dict(shared.vae.state_dict())
         pipe.vae.register_to_config(**{key: shared.vae.config[key] for key in ("shift_factor", "scaling_factor")})

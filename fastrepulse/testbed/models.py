@@ -9,7 +9,6 @@ trained weights shipped in `weights/<name>.safetensors`; `bench/train_testbed.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +40,17 @@ TEXT_WIDTH = 64
 CLIP_WIDTH = 32
 
 
-@dataclass(frozen=True)
-class Testbed:
-    """One testbed model: how to build its transformer and how its pipeline is called by default."""
-
-    name: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-
-MODELS = {
-    "flux": Testbed(
-        "flux",
-        {"num_inference_steps": 20, "true_cfg_scale": 3.0, "negative_prompt": "", "max_sequence_length": TEXT_TOKENS},
-    ),
-    "sd3": Testbed("sd3", {"num_inference_steps": 20, "guidance_scale": 3.0, "max_sequence_length": TEXT_TOKENS}),
+CALL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "flux": {
+        "num_inference_steps": 20,
+        "true_cfg_scale": 3.0,
+        "negative_prompt": "",
+        "max_sequence_length": TEXT_TOKENS,
+    },
+    "sd3": {"num_inference_steps": 20, "guidance_scale": 3.0, "max_sequence_length": TEXT_TOKENS},
 }
-"""Stored defaults: 20 Euler steps and classifier-free guidance 3 (true CFG for Flux, which has no
-guidance embedding), at the scans' 8 x 8 pixels."""
+"""The testbed models by name, with their stored call defaults: 20 Euler steps and classifier-free
+guidance 3 (true CFG for Flux, which has no guidance embedding), at the scans' 8 x 8 pixels."""
 
 
 class _Defaults:
@@ -75,13 +68,13 @@ class _Defaults:
 class TestbedFluxPipeline(_Defaults, FluxPipeline):
     """FluxPipeline with the testbed's stored defaults."""
 
-    call_defaults = MODELS["flux"].defaults
+    call_defaults = CALL_DEFAULTS["flux"]
 
 
 class TestbedSD3Pipeline(_Defaults, StableDiffusion3Pipeline):
     """StableDiffusion3Pipeline with the testbed's stored defaults."""
 
-    call_defaults = MODELS["sd3"].defaults
+    call_defaults = CALL_DEFAULTS["sd3"]
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
@@ -94,8 +87,8 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
         FileNotFoundError: the weights are missing from the installed package (reinstall it, or rerun
             bench/train_testbed.py).
     """
-    if name not in MODELS:
-        raise ValueError(f"testbed model must be one of {sorted(MODELS)}, got {name!r}")
+    if name not in CALL_DEFAULTS:
+        raise ValueError(f"testbed model must be one of {sorted(CALL_DEFAULTS)}, got {name!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         pipe = _build(name)
