@@ -66,7 +66,7 @@ from fastrepulse.testbed.digits import split
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PROMPT = getattr(testbed, "PROMPT", "a handwritten {digit}")
+PROMPT = testbed.PROMPT
 METHODS = ("contextual", "cads", "particle")
 DEFAULT_SCALES = {  # the sweeps of docs/diversity.md: each method from no visible effect to a fidelity collapse
     "contextual": [3e3, 1e4, 3e4, 1e5],
@@ -456,7 +456,7 @@ def plot_grid(base: torch.Tensor, repelled: torch.Tensor, digits: Sequence[int],
 def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int:
     """Run the sweep and write every output; `loader(name)` gives the pipeline of a model (default: the testbed's)."""
     args = parse_args(argv)
-    loader = loader or testbed_pipeline
+    loader = loader or testbed.pipeline
     args.out_dir.mkdir(parents=True, exist_ok=True)
     reference = references(args.reference)
     rows: list[Row] = []
@@ -501,11 +501,6 @@ def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int
     (args.out_dir / "diversity.json").write_text(json.dumps(result, indent=1))
     print("\n" + table)
     return 0
-
-
-def testbed_pipeline(name: str) -> Any:
-    """The trained testbed model `name` ("flux" or "sd3")."""
-    return testbed.pipeline(name)
 
 
 if __name__ == "__main__":

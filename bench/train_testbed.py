@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from fastrepulse.eval import fidelity
 from fastrepulse.testbed import classify, digits, split
 from fastrepulse.testbed.models import (
     CALL_DEFAULTS,
@@ -143,8 +144,7 @@ def check_fidelity(pipe, images_per_digit: int = 8) -> float:
     prompts = [PROMPT.format(digit=d) for d in range(10)]
     out = pipe(prompt=prompts, num_images_per_prompt=images_per_digit, generator=torch.Generator().manual_seed(0))
     labels, _ = classify(out.images)
-    requested = torch.arange(10).repeat_interleave(images_per_digit)
-    return 100.0 * (labels == requested).float().mean().item()
+    return 100.0 * fidelity(labels, torch.arange(10).repeat_interleave(images_per_digit))
 
 
 def main(argv: list[str] | None = None) -> int:

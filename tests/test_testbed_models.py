@@ -46,7 +46,7 @@ def test_testbed_is_a_standard_pipeline_with_stored_defaults(testbed) -> None:
 def test_testbed_draws_the_requested_digits(testbed) -> None:
     _, pipe = testbed
     labels, _ = classify(_digits(pipe, 4))
-    fidelity = 100 * (labels == torch.arange(10).repeat_interleave(4)).float().mean().item()
+    fidelity = 100 * metrics.fidelity(labels, torch.arange(10).repeat_interleave(4))
     assert fidelity >= MIN_FIDELITY, f"only {fidelity:.1f}% of the digits are the requested ones"
 
 
@@ -66,16 +66,17 @@ def _diversity_and_fidelity(pipe, seeds: range, group_size: int) -> tuple[float,
     """Mean within-group Vendi of the classifier features, and the share (%) of requested digits, with
     bench/diversity.py's starting noise: image i of digit d under seed s from seed (s * 10 + d) * 1000 + i."""
     prompts = [PROMPT.format(digit=d) for d in range(10)]
-    vendi, hits = [], []
+    vendi, labels = [], []
     for seed in seeds:
         generators = [
             torch.Generator().manual_seed((seed * 10 + d) * 1000 + i) for d in range(10) for i in range(group_size)
         ]
         images = pipe(prompt=prompts, num_images_per_prompt=group_size, generator=generators).images
-        labels, features = classify(images)
+        seed_labels, features = classify(images)
         vendi.append(metrics.vendi(features.view(10, group_size, -1)))
-        hits.append(labels == torch.arange(10).repeat_interleave(group_size))
-    return torch.cat(vendi).mean().item(), 100 * torch.cat(hits).float().mean().item()
+        labels.append(seed_labels)
+    requested = torch.arange(10).repeat_interleave(group_size).repeat(len(seeds))
+    return torch.cat(vendi).mean().item(), 100 * metrics.fidelity(torch.cat(labels), requested)
 
 
 def test_testbed_preset_diversifies_within_the_fidelity_bound() -> None:

@@ -2,6 +2,15 @@
 
 from fastrepulse.testbed.classifier import classify
 from fastrepulse.testbed.digits import digits, split
-from fastrepulse.testbed.models import PROMPT, pipeline
 
 __all__ = ["PROMPT", "classify", "digits", "pipeline", "split"]
+
+
+def __getattr__(name: str) -> object:
+    """`PROMPT` and `pipeline` on first use: the generators import diffusers and transformers, which
+    judging images with `classify` does not need."""
+    if name in ("PROMPT", "pipeline"):
+        from fastrepulse.testbed import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
