@@ -29,7 +29,13 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fastrepulse.kernels.apply import _apply_kernel  # noqa: E402
 from fastrepulse.kernels.gram import _gram_kernel  # noqa: E402
-from fastrepulse.kernels.solve import MAX_GROUP, MAX_REGISTERS, MAX_SWEEPS, _solve_kernel, solver_warps  # noqa: E402
+from fastrepulse.kernels.solve import (  # noqa: E402
+    MAX_GROUP,
+    MAX_REGISTERS,
+    _solve_kernel,
+    solver_constants,
+    solver_warps,
+)
 from fastrepulse.kernels.tiling import dot_precision, pick_tiling  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
@@ -67,14 +73,7 @@ def compile_case(case: Case) -> Report:
         block_size = triton.next_power_of_2(case.group_size)
         signature = {name: "*fp64" for name in ("gram_ptr", "bandwidth_ptr", "step_ptr", "mix_ptr")}
         signature.update(status_ptr="*i32", iterations="i32")
-        constants = {
-            "B": case.group_size,
-            "BLOCK": block_size,
-            "VENDI": objective == "vendi",
-            "COSINE": kernel == "cosine",
-            "FLOOR": 1e-12,
-            "SWEEPS": MAX_SWEEPS,
-        }
+        constants = solver_constants(case.group_size, objective, kernel)
         warps = solver_warps(block_size)
         attrs = {(i,): aligned for i in range(5)}
         block = f"{block_size}x{block_size} w{warps}"

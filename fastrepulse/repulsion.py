@@ -144,8 +144,8 @@ def _solve_on_device(
     objective: str,
     kernel: str,
 ) -> torch.Tensor:
-    """The device solver's P - I; one sync reads its per-group finite flags, and a failure is explained."""
-    from fastrepulse.kernels.solve import MAX_GROUP, solve_on_device
+    """The device solver's P - I; one sync reads its per-group status, and a failure is explained."""
+    from fastrepulse.kernels.solve import MAX_GROUP, MAX_SWEEPS, NON_FINITE, NOT_CONVERGED, SOLVED, solve_on_device
 
     if gram.shape[-1] > MAX_GROUP:
         raise ValueError(
@@ -154,13 +154,20 @@ def _solve_on_device(
     bandwidth = None
     if kernel == "rbf":  # the median rule, once from the input; a B x B copy to the host
         bandwidth = torch.from_numpy(rbf_bandwidth(gram.cpu().numpy()).reshape(-1)).to(gram.device)
-    mix, finite = solve_on_device(
+    mix, status = solve_on_device(
         gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel, bandwidth=bandwidth
     )
-    if not bool(finite.all()):
-        check(gram.cpu())  # names NaN/Inf or zero samples, if those are the cause
-        raise ValueError(_divergence(scale, iterations))
-    return mix
+    status = status.cpu()
+    if bool((status == SOLVED).all()):
+        return mix
+    check(gram.cpu())  # names NaN/Inf or zero samples, if those are the cause
+    if not bool((status == NON_FINITE).any()):
+        groups = (status == NOT_CONVERGED).nonzero().flatten().tolist()
+        raise ValueError(
+            f"the device solver's eigendecomposition did not converge in {MAX_SWEEPS} Jacobi sweeps for group(s) "
+            f"{groups}; use solver='host'"
+        )
+    raise ValueError(_divergence(scale, iterations))
 
 
 def _divergence(scale: float, iterations: int) -> str:

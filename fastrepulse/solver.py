@@ -24,7 +24,10 @@ def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, 
     Returns:
         ``P - I``, float64 on the CPU: the update of the samples is ``(P - I) C0``.
     """
-    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    # a Gram matrix summed in float32 by a BLAS need not be symmetric, and eigh reads one triangle: start
+    # from the symmetric part, as the device solver does
+    state = 0.5 * (state + np.swapaxes(state, -1, -2))
     bandwidth = rbf_bandwidth(state) if kernel == "rbf" else None
     eye = np.eye(state.shape[-1])
     step = scale / iterations

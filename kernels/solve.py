@@ -4,7 +4,8 @@ The same algorithm as `fastrepulse.solver.solve` (see `fastrepulse.forces` for t
 with no round trip to the host: one program per group keeps G, P and the eigenvectors in registers.
 The von Neumann entropy needs eigh(K) in every step; a cyclic Jacobi eigensolver does it, warm-started
 from the previous step's eigenvectors (K moves little per step, so one or two sweeps usually suffice).
-A per-group status says whether every number stayed finite, so the caller can raise without guessing.
+A per-group status says whether every number stayed finite and every eigendecomposition converged, so
+the caller can raise without guessing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from fastrepulse.forces import EIGENVALUE_FLOOR
 
 MAX_SWEEPS = 30
 """Jacobi sweeps per eigendecomposition at most; from a warm start one or two are the rule."""
+
+SOLVED, NON_FINITE, NOT_CONVERGED = 0, 1, 2
+"""Per-group status codes: all steps done; a NaN or Inf in P - I; a Jacobi that ran out of sweeps."""
 
 MAX_GROUP = 16
 """Largest group the device solver takes: its [B, B, B] products live in registers (larger: the host)."""
@@ -78,8 +82,11 @@ def _solve_kernel(
     COSINE: tl.constexpr,
     FLOOR: tl.constexpr,
     SWEEPS: tl.constexpr,
+    SOLVED_STATUS: tl.constexpr,
+    NON_FINITE_STATUS: tl.constexpr,
+    NOT_CONVERGED_STATUS: tl.constexpr,
 ):
-    """mix[g] = P - I after `iterations` steps T = I + step W(G), P <- T P, G <- T G T; status[g] = 1 if all finite."""
+    """mix[g] = P - I after `iterations` steps T = I + step W(G), P <- T P, G <- T G T; status[g] a status code."""
     i_g = tl.program_id(0)
     o_row = tl.arange(0, BLOCK)[:, None]
     o_col = tl.arange(0, BLOCK)[None, :]
@@ -89,12 +96,16 @@ def _solve_kernel(
     o_mat = i_g * B * B + o_row * B + o_col
     # [BLOCK, BLOCK]
     b_gram = tl.load(gram_ptr + o_mat, mask=m_in, other=0.0).to(tl.float64)
+    # a Gram matrix summed in float32 by a BLAS need not be symmetric; Jacobi assumes it is (the host reads
+    # one triangle), so both solvers start from the symmetric part
+    b_gram = 0.5 * (b_gram + tl.trans(b_gram))
     # B * FLOOR as a float64 constant: a bare Python float would be rounded to float32 (by 4e-9 at B = 4)
     floor = tl.full([1, BLOCK], B * FLOOR, tl.float64)
     bandwidth = tl.load(bandwidth_ptr + i_g)
     step = tl.load(step_ptr)  # float64: a Python float argument would arrive as float32
     b_mixing = eye
     b_vectors = eye
+    unconverged = tl.full([], 0, tl.int32)
     for _ in range(iterations):
         sq_norm_row = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=1)[:, None]  # G_ii, indexed by row
         sq_norm_col = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=0)[None, :]
@@ -118,6 +129,7 @@ def _solve_kernel(
                         b_rotated, b_vectors = _rotate(b_rotated, b_vectors, p, q, o_row, o_col)
                 off = tl.sum(tl.sum(tl.where(o_row != o_col, b_rotated * b_rotated, 0.0), axis=1), axis=0)
                 sweeps += 1
+            unconverged = tl.maximum(unconverged, (off > 1e-32 * total).to(tl.int32))
             eigenvalues = tl.sum(tl.where(m_diag, b_rotated, 0.0), axis=0)[None, :]  # indexed by column
             log_eig = tl.where(o_col < B, tl.log(tl.maximum(eigenvalues, floor)) / -B, 0.0)
             b_objective = _matmul(b_vectors * log_eig, tl.trans(b_vectors))
@@ -141,7 +153,8 @@ def _solve_kernel(
     m_bad = m_in & ~((b_mix == b_mix) & (tl.abs(b_mix) < float("inf")))  # NaN or Inf
     bad = tl.sum(tl.sum(tl.where(m_bad, 1, 0), axis=1), axis=0)
     tl.store(mix_ptr + o_mat, b_mix, mask=m_in)
-    tl.store(status_ptr + i_g, (bad == 0).to(tl.int32))
+    status = tl.where(bad > 0, NON_FINITE_STATUS, tl.where(unconverged > 0, NOT_CONVERGED_STATUS, SOLVED_STATUS))
+    tl.store(status_ptr + i_g, status.to(tl.int32))
 
 
 def solve_on_device(
@@ -152,8 +165,10 @@ def solve_on_device(
     objective: str,
     kernel: str,
     bandwidth: torch.Tensor | None = None,
+    max_sweeps: int = MAX_SWEEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixing matrices P - I [G, B, B] (float64, on gram's device) and a per-group finite flag [G] (int32).
+    """Mixing matrices P - I [G, B, B] (float64, on gram's device) and a per-group status [G] (int32):
+    SOLVED, NON_FINITE or NOT_CONVERGED (some eigendecomposition still off after `max_sweeps` sweeps).
 
     Same contract as `fastrepulse.solver.solve` (rbf needs the groups' `bandwidth` [G]); no host sync.
     """
@@ -172,13 +187,23 @@ def solve_on_device(
         mix_ptr=mix,
         status_ptr=status,
         iterations=iterations,
-        B=size,
-        BLOCK=triton.next_power_of_2(size),
-        VENDI=objective == "vendi",
-        COSINE=kernel == "cosine",
-        FLOOR=EIGENVALUE_FLOOR,
-        SWEEPS=MAX_SWEEPS,
+        **solver_constants(size, objective, kernel, max_sweeps),
         num_warps=solver_warps(triton.next_power_of_2(size)),
         maxnreg=MAX_REGISTERS,
     )
     return mix, status
+
+
+def solver_constants(size: int, objective: str, kernel: str, max_sweeps: int = MAX_SWEEPS) -> dict[str, object]:
+    """The compile-time arguments of `_solve_kernel` for one group size and objective/kernel pair."""
+    return {
+        "B": size,
+        "BLOCK": triton.next_power_of_2(size),
+        "VENDI": objective == "vendi",
+        "COSINE": kernel == "cosine",
+        "FLOOR": EIGENVALUE_FLOOR,
+        "SWEEPS": max_sweeps,
+        "SOLVED_STATUS": SOLVED,
+        "NON_FINITE_STATUS": NON_FINITE,
+        "NOT_CONVERGED_STATUS": NOT_CONVERGED,
+    }
