@@ -1,7 +1,6 @@
-"""Test set-up: Triton kernels run under the interpreter on CPU tensors, fresh seeds per test."""
+"""Test set-up: Triton kernels run under the interpreter on CPU tensors, every test from one chosen seed."""
 
 import os
-import zlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
@@ -48,10 +47,18 @@ interpreter.InterpreterBuilder.create_dot = _interpreter_dot_with_bf16(interpret
 interpreter.InterpreterBuilder.cast_impl = _interpreter_cast_with_rounding(interpreter.InterpreterBuilder.cast_impl)
 
 
+SEED = int(os.environ.get("FASTREPULSE_TEST_SEED", "0"))
+"""Every test starts from this seed, whatever its name or order: the tolerances must hold for any seed
+(FASTREPULSE_TEST_SEED=k picks another), not for inputs that a test's name happened to draw."""
+
+
+def pytest_report_header() -> str:
+    return f"fastrepulse test seed: {SEED} (FASTREPULSE_TEST_SEED)"
+
+
 @pytest.fixture(autouse=True)
-def _seed(request):
-    """A different, reproducible seed per test: fresh random inputs, never the same ones everywhere."""
-    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+def _seed():
+    torch.manual_seed(SEED)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ The CUDA cases are skipped without a GPU; bench/gpu_check.sh runs them (`-k cuda
 
 import pytest
 import torch
-from oracle import UPDATE_TOLERANCE, assert_update_close, literal_loop
+from oracle import assert_matches_oracle, literal_loop
 
 from fastrepulse import repel
 
@@ -63,4 +63,4 @@ def test_matches_literal_autograd_loop(case, dtype, objective, kernel, backend, 
 
     assert result is out
     label = f"{device} {backend} {case_id(case)} {dtype} {objective}-{kernel}"
-    assert_update_close(result.cpu(), x, expected, UPDATE_TOLERANCE[dtype], label)
+    assert_matches_oracle(result.cpu(), x, expected, size, label)
