@@ -20,6 +20,8 @@ STEPS = 4
 PROMPTS = ["a red cat", "a blue dog"]
 IMAGES = 3
 CALL = {"num_inference_steps": STEPS, "height": pipelines.HEIGHT, "width": pipelines.WIDTH, "output_type": "latent"}
+TEXT_TOKENS = 16
+"""T5 length for Flux and SD3 calls: the pipelines pad to 512 and 256 by default, 3x the time of a call here."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def repel_calls(monkeypatch: pytest.MonkeyPatch) -> list[RepelCall]:
 
 def _generate(pipe, prompt=PROMPTS, images: int = IMAGES, seed: int = 0, **options) -> torch.Tensor:
     kwargs = {**CALL, **options}
+    if hasattr(pipe, "transformer"):
+        kwargs.setdefault("max_sequence_length", TEXT_TOKENS)
     if isinstance(pipe, FluxKontextPipeline):
         kwargs.update(pipelines.KONTEXT_KWARGS, image=_kontext_image())
     generator = torch.Generator().manual_seed(seed)
@@ -144,12 +148,20 @@ def test_sd3_groups_split_the_guidance_branches(repel_calls: list[RepelCall]) ->
 
 
 def test_a_prompt_is_independent_of_the_prompts_beside_it() -> None:
-    """Flux on this CPU is batch-invariant to the bit, so the images of "a red cat" must be too when patched."""
+    """Patched, "a red cat" alone and beside another prompt differ no more than the unpatched pipeline's own batch
+    variance allows: not at all where the base is batch-invariant to the bit, else within 100x of the base's
+    difference (float32 BLAS kernels differ between batch 3 and 6 on some CPUs: 4.8e-7 base, up to 6x that patched).
+    """
     pipe = pipelines.flux()
-    with fastrepulse.patched(pipe, scale=300.0, steps="all", site="block"):
+    base = (_generate(pipe, prompt=PROMPTS[:1]) - _generate(pipe, prompt=PROMPTS)[:IMAGES]).abs().max().item()
+    options = {"scale": 300.0, "steps": "all", "site": "block"}
+    with fastrepulse.patched(pipe, **options):
         alone = _generate(pipe, prompt=PROMPTS[:1])
-        beside = _generate(pipe, prompt=PROMPTS)
-    assert torch.equal(alone, beside[:IMAGES])
+        patched = (alone - _generate(pipe, prompt=PROMPTS)[:IMAGES]).abs().max().item()
+    assert patched <= 100 * base, f"patched {patched:.2e} against the unpatched pipeline's {base:.2e}"
+    with fastrepulse.patched(pipe, group_size=2 * IMAGES, **options):  # both prompts in one group: what must show
+        mixed = (alone - _generate(pipe, prompt=PROMPTS)[:IMAGES]).abs().max().item()
+    assert mixed > 1000 * max(base, 1e-7), f"one group of two prompts moved the images by only {mixed:.2e}"
 
 
 @pytest.mark.parametrize("name", ["flux", "sd3"])
@@ -191,7 +203,6 @@ def test_step_counter_restarts_after_a_failed_call(repel_calls: list[RepelCall])
     assert [call.step for call in repel_calls] == [0]
 
 
-TEXT_TOKENS = 512  # Flux pads T5 text to max_sequence_length=512
 IMAGE_TOKENS = (pipelines.HEIGHT // 4) * (pipelines.WIDTH // 4)  # VAE factor 2, then 2x2 packing
 
 
@@ -208,7 +219,7 @@ IMAGE_TOKENS = (pipelines.HEIGHT // 4) * (pipelines.WIDTH // 4)  # VAE factor 2,
 def test_flux_sites_repel_the_text_stream(repel_calls: list[RepelCall], site: str, tokens: str, expected) -> None:
     pipe = pipelines.flux()
     fastrepulse.patch(pipe, scale=300.0, steps=1, site=site, single_stream_tokens=tokens)
-    _generate(pipe, max_sequence_length=TEXT_TOKENS)
+    _generate(pipe)
     assert [call.shape for call in repel_calls] == expected
 
 
@@ -394,12 +405,10 @@ def test_bad_options_fail_at_patch_time_and_change_nothing(options: dict, messag
     assert "_fastrepulse_handle" not in pipe.__dict__ and _hooks(pipe) == 0
 
 
-def test_presets_carry_the_paper_settings() -> None:
-    assert fastrepulse.PRESETS["flux-dev"].steps == 1 and fastrepulse.PRESETS["flux-dev"].iterations == 50
-    assert fastrepulse.PRESETS["sd3.5-large"].steps == 4 and fastrepulse.PRESETS["sd3.5-large"].iterations == 100
-    assert fastrepulse.PRESETS["sd3.5-turbo"].steps == 1 and fastrepulse.PRESETS["sd3.5-turbo"].iterations == 100
+def test_an_option_overrides_one_field_of_the_preset() -> None:
     handle = fastrepulse.patch(pipelines.flux(), preset="flux-dev", iterations=10)
     assert handle.config == fastrepulse.PRESETS["flux-dev"].replace(iterations=10)
+    assert handle.config.iterations == 10 != fastrepulse.PRESETS["flux-dev"].iterations
 
 
 def test_triton_backend_and_device_solver_inside_the_hooks() -> None:
