@@ -133,16 +133,18 @@ def test_vendi_is_in_range_decreases_with_order_and_is_continuous_at_one():
     assert_close(vendi(x, q=1.0 - 1e-7), at_one, 1e-5, "q -> 1 from below")
 
 
+@pytest.mark.parametrize("q", ORDERS, ids=ORDER_IDS)
 @pytest.mark.parametrize("kernel", ["cosine", "linear"])
-def test_vendi_of_a_batch_is_one_score_per_group(kernel):
-    x = torch.randn(6, 4, 10, dtype=torch.float64)
-    x[2] = x[2, :1]  # a group of duplicates among the random ones
-    for q in ORDERS:
-        batched = vendi(x, q=q, kernel=kernel)
-        assert batched.shape == (6,)
-        for group in range(6):
-            assert_close(batched[group], vendi(x[group], q=q, kernel=kernel).item(), 1e-12, f"group {group}, q={q}")
-        assert_close(batched[2], 1.0, 1e-10, f"duplicate group, q={q}")
+def test_vendi_of_a_batch_is_one_score_per_group(kernel, q):
+    # groups of 4 unit rows with known answers, batched: 4 copies, 2 orthogonal pairs, 4 orthogonal, 2 at cosine c
+    basis, cosine = orthonormal_rows(4, 6), 0.3
+    tilted = cosine * basis[0] + math.sqrt(1.0 - cosine**2) * basis[1]
+    groups = [basis[[0, 0, 0, 0]], basis[[0, 1, 1, 0]], basis, torch.stack([basis[0], basis[0], tilted, tilted])]
+    expected = [1.0, 2.0, 4.0, score_from_eigenvalues([(1.0 + cosine) / 2.0, (1.0 - cosine) / 2.0], q)]
+    batched = vendi(torch.stack(groups), q=q, kernel=kernel)
+    assert batched.shape == (4,)
+    for group, score in enumerate(expected):
+        assert_close(batched[group], score, 1e-10, f"group {group}, {kernel}, q={q}")
 
 
 def test_vendi_returns_float64_and_accepts_float32_and_integer_features():
@@ -249,6 +251,7 @@ def test_kid_over_subsets_is_reproducible_and_leaves_the_global_generator_alone(
     assert kid(a, b, subsets=5, subset_size=20) == first
     seeded = kid(a, b, subsets=5, subset_size=20, generator=torch.Generator().manual_seed(3))
     assert seeded == kid(a, b, subsets=5, subset_size=20, generator=torch.Generator().manual_seed(3))
+    assert seeded != first  # the generator draws the subsets (the default one is seeded with 0)
     assert first[1] > 0.0 and seeded[1] > 0.0
 
 

@@ -21,7 +21,9 @@ def test_split_is_seeded_stratified_and_disjoint() -> None:
     _, labels = digits()
     train, test = split(labels)
     assert set(train.tolist()).isdisjoint(test.tolist()) and len(train) + len(test) == len(labels)
-    assert torch.equal(split(labels)[1], test)
+    assert len(test) == 450  # the held-out scans bench/train_classifier.py and docs/diversity.md report on
+    torch.manual_seed(1)  # another global state: the split draws from its own generator, seeded by `seed`
+    assert torch.equal(split(labels)[1], test) and not torch.equal(split(labels, seed=1)[1], test)
     shares = torch.bincount(labels[test], minlength=10) / torch.bincount(labels, minlength=10)
     assert (shares - 0.25).abs().max() < 0.01
 
