@@ -6,19 +6,29 @@ What a patch changes, all on the pipeline instance and all kept on the handle fo
 - ``pipe.scheduler``, wrapped so that every ``step`` advances the counter (`fastrepulse.scheduler`);
 - a forward pre-hook on the denoiser (the state of one transformer call; CADS noise) and, for
   "contextual", forward hooks on the selected blocks or their attention modules.
+
+Under ``torch.compile`` (diffusers' regional compilation compiles the transformer blocks, hooks included) the block
+and attention hooks are traced into the graphs: their bodies read only what is fixed for the handle's lifetime and
+pass the tensors to the custom op ``fastrepulse::repel_in_hook``, which Dynamo records without looking inside. So
+nothing breaks the graph, and the per-call state (step, group size, text length), read by the op at run time, never
+becomes a guard that would recompile per step. Dynamo does not notice hooks added to a module that had none, so
+`patch` drops the code it compiled for the denoiser's modules (`_drop_compiled_code`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch._dynamo.eval_frame import reset_code, skip_code
 
 from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
@@ -28,6 +38,10 @@ from fastrepulse.repulsion import Backend, Solver, repel
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
+
+_HANDLES: weakref.WeakValueDictionary[int, RepulsionHandle] = weakref.WeakValueDictionary()
+"""The live handles by key: a custom op takes no Python objects, so `_repel_in_hook` gets the key."""
+_KEYS = itertools.count()
 
 
 def patch(
@@ -116,6 +130,8 @@ class RepulsionHandle:
         self._call: _CallState | None = None
         self._forward: _ForwardState | None = None
         self._warned_single_groups = False
+        self._key = next(_KEYS)
+        _HANDLES[self._key] = self
         self._hooks = [denoiser.module.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)]
         for block in blocks:
             if config.site == "attention":
@@ -124,6 +140,7 @@ class RepulsionHandle:
             else:
                 hook = functools.partial(self._after_block, block.kind)
                 self._hooks.append(block.module.register_forward_hook(hook, with_kwargs=True))
+        _drop_compiled_code(denoiser.module)
         pipe.__dict__[HANDLE_ATTRIBUTE] = self
         pipe.__dict__["scheduler"] = wrap_scheduler(pipe.scheduler, self)
         pipe.__class__ = _calling_class(type(pipe))
@@ -135,6 +152,7 @@ class RepulsionHandle:
             return
         for hook in self._hooks:
             hook.remove()
+        del _HANDLES[self._key]
         pipe.__dict__["scheduler"] = unwrap_scheduler(pipe.scheduler)
         pipe.__class__ = type(pipe).__dict__["_fastrepulse_base"]
         del pipe.__dict__[HANDLE_ATTRIBUTE]
@@ -185,28 +203,24 @@ class RepulsionHandle:
         bound.arguments["encoder_hidden_states"] = cads_condition(text, t, self.config, call.generator)
         return bound.args[1:], bound.kwargs
 
-    @torch.compiler.disable
     def _after_attention(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
-        if self._forward is None:
-            return None
         if kind.attention_text is not None:
-            self._repel(output[kind.attention_text])
-        elif self.config.single_stream_tokens == "all":
-            self._repel(output)
+            _repel_in_hook([output[kind.attention_text]], self._key, text_prefix=False)
         else:
-            self._repel(output[:, : self._forward.text_tokens])
+            _repel_in_hook([output], self._key, text_prefix=self.config.single_stream_tokens == "text")
         return None
 
-    @torch.compiler.disable
     def _after_block(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
-        if self._forward is None:
-            return None
-        text = output[kind.block_text]
+        parts = [output[kind.block_text]]
         if kind.name == "single" and self.config.single_stream_tokens == "all":
-            self._repel(text, output[1 - kind.block_text])
-        else:
-            self._repel(text)
+            parts.append(output[1 - kind.block_text])
+        _repel_in_hook(parts, self._key, text_prefix=False)
         return None
+
+    # A hook on a compiled module itself (Flux blocks under regional compilation) is called as a frame of its own,
+    # which Dynamo would compile into a graph of just the op: run such frames eagerly, still trace the hooks inlined.
+    skip_code(_after_attention.__code__)
+    skip_code(_after_block.__code__)
 
     def _repel(self, *parts: torch.Tensor) -> None:
         """Repel the samples made of `parts` (concatenated per sample), writing the result back into them."""
@@ -248,6 +262,38 @@ class RepulsionHandle:
                 stacklevel=2,
             )
         return size
+
+
+@torch.library.custom_op("fastrepulse::repel_in_hook", mutates_args=("parts",))
+def _repel_in_hook(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
+    """A hook's work at run time: repel `parts` in place if handle `key` is inside a repelled step, else nothing.
+
+    An op, so that compiled blocks call it without a graph break and without tracing the per-call state it reads.
+    `text_prefix`: repel only the text tokens that lead ``parts[0]`` (a Flux single-stream sequence), as many as
+    the current denoiser call has.
+    """
+    handle = _HANDLES.get(key)
+    forward = None if handle is None else handle._forward
+    if forward is None:
+        return  # outside a repelled step (or a handle already removed)
+    if text_prefix:
+        parts = [parts[0][:, : forward.text_tokens]]
+    handle._repel(*parts)
+
+
+@_repel_in_hook.register_fake
+def _(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
+    return None
+
+
+def _drop_compiled_code(denoiser: torch.nn.Module) -> None:
+    """Drop what Dynamo compiled for the forwards of `denoiser` and its submodules, so the new hooks get traced.
+
+    Dynamo does not guard on the hooks of a module that has none (``torch._dynamo.config.skip_nnmodule_hook_guards``):
+    a block compiled before the patch, or while unpatched, would run on without them. The next call recompiles.
+    """
+    for code in {getattr(type(module).forward, "__code__", None) for module in denoiser.modules()} - {None}:
+        reset_code(code)
 
 
 def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tuple[TextBlock, ...]:

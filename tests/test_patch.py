@@ -271,11 +271,12 @@ def test_repulsion_raises_the_text_diversity_it_acts_on(name: str) -> None:
 
 def test_repulsion_spreads_the_final_latents() -> None:
     pipe = pipelines.flux()
-    base = _spread(_generate(pipe), IMAGES)
+    text = {"max_sequence_length": 512}  # the random tiny T5's 16 tokens move the latents by 0.4% at most
+    base = _spread(_generate(pipe, **text), IMAGES)
     spreads = []
     for scale in (300.0, 1000.0):
         with fastrepulse.patched(pipe, scale=scale, steps="all", site="block"):
-            spreads.append(_spread(_generate(pipe), IMAGES))
+            spreads.append(_spread(_generate(pipe, **text), IMAGES))
     assert base < spreads[0] < spreads[1]
     assert spreads[1] > 1.02 * base
 
@@ -345,31 +346,6 @@ def test_prompt_embeds_of_one_prompt_broadcast_to_its_images(repel_calls: list[R
     latents = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_images_per_prompt=IMAGES, **CALL).images
     assert latents.shape[0] == IMAGES
     assert [(c.shape[0], c.group_size) for c in repel_calls] == [(IMAGES, IMAGES)]
-
-
-def test_torch_compile_does_not_recompile_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    traced: list[bool] = []  # for every repel a hook makes: was it running inside Dynamo's tracing?
-    real_method = fastrepulse.RepulsionHandle._repel
-
-    def method(self: fastrepulse.RepulsionHandle, *parts: torch.Tensor) -> None:
-        traced.append(torch.compiler.is_compiling())
-        real_method(self, *parts)
-
-    monkeypatch.setattr(fastrepulse.RepulsionHandle, "_repel", method)
-    pipe = pipelines.flux()
-    with fastrepulse.patched(pipe, scale=300.0, steps=2, site="block"):
-        expected = _generate(pipe)
-        torch._dynamo.reset()
-        pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)  # diffusers regional compilation
-        compiled = _generate(pipe)  # compiles, once per block layout (diffusers' own stride variants)
-        # new step numbers (4, 5) and the repelled -> plain switch: a step read by traced code would recompile
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            longer = _generate(pipe, num_inference_steps=STEPS + 2)
-            again = _generate(pipe)
-    torch._dynamo.reset()
-    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
-    assert torch.equal(again, compiled) and not torch.equal(longer, compiled)
-    assert traced and not any(traced)  # the hook bodies stay outside the graphs (torch.compiler.disable)
 
 
 def test_scheduler_replaced_while_patched_is_wrapped_and_restored(repel_calls: list[RepelCall]) -> None:
