@@ -61,8 +61,9 @@ def repel(
 
     Raises:
         ValueError: non-finite samples, a zero sample under the cosine kernel, a group size that does
-            not divide B, a bad argument, or steps so large that the iteration diverged. x and out
-            are untouched when this is raised.
+            not divide B, a bad argument, steps so large that the iteration diverged, or a result beyond
+            the range of x's dtype. x and out are untouched when this is raised. A call with nothing to
+            compute (scale 0, iterations 0, groups of one sample, an empty x) copies x and checks nothing.
         TypeError: a non-floating dtype, or an `out` that does not match x.
 
     Example:
@@ -97,7 +98,9 @@ def repel(
                 scale,
                 iterations,
             ).view(x.shape)
-            return update.to(x.dtype) if out is None else _write(out, update)
+            result = update.to(x.dtype)
+            _check_representable(result, x.dtype)
+            return result if out is None else _write(out, result)
 
         gram_fn, apply_fn = _passes(backend)
         with GRAM_RANGE:
@@ -114,14 +117,35 @@ def repel(
                     iterations,
                 )
         with APPLY_RANGE:
+            staged = None
+            if not _fits(gram, mix, x.dtype):  # the result may overflow x's dtype: form it apart, check, then write
+                staged = apply_fn(rows, mix, torch.empty_like(rows))
+                _check_representable(staged, x.dtype)
             if out is None:
                 out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            if out.is_contiguous():
+            if staged is not None:
+                out.copy_(staged.view(x.shape))
+            elif out.is_contiguous():
                 apply_fn(rows, mix, out.view(num_samples, -1))
             else:
-                staged = apply_fn(rows, mix, torch.empty_like(rows))
-                out.copy_(staged.view(x.shape))
+                out.copy_(apply_fn(rows, mix, torch.empty_like(rows)).view(x.shape))
     return out
+
+
+def _fits(gram: torch.Tensor, mix: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every element of x + (P - I) x surely fits in `dtype`: |x_il| + sum_j |D_ij| |x_jl| is at most
+    |x_i| + sum_j |D_ij| |x_j| (norms from the Gram diagonal), a B x B bound that needs no pass over x."""
+    norms = gram.diagonal(dim1=-2, dim2=-1).to(mix).clamp_min(0).sqrt()
+    bound = norms + (mix.abs() @ norms.unsqueeze(-1)).squeeze(-1)
+    return bool((bound <= torch.finfo(dtype).max).all())
+
+
+def _check_representable(result: torch.Tensor, dtype: torch.dtype) -> None:
+    if not torch.isfinite(result).all():
+        raise ValueError(
+            f"the repelled samples exceed the range of {dtype} (largest {torch.finfo(dtype).max:g}): lower scale, "
+            "or repel a copy in a wider dtype"
+        )
 
 
 def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int) -> torch.Tensor:

@@ -94,3 +94,29 @@ def test_divergence_is_reported_before_writing(backend):
     with pytest.raises(ValueError, match=r"diverged.*lower scale or raise iterations"):
         repel(x, scale=1e300, iterations=5, backend=backend, out=x)
     assert torch.equal(x, original)
+
+
+@pytest.mark.parametrize(
+    ("backend", "solver"), [("torch", "host"), ("triton", "host"), ("triton", "device"), ("reference", "host")]
+)
+def test_a_result_beyond_the_dtype_is_refused_before_writing(backend, solver):
+    """fp16 at scale 1e12: the exact update is finite in float64 but beyond fp16's 65504; before, inf was written."""
+    x = torch.randn(4, 16).half()
+    original = x.clone()
+    out = torch.full_like(x, 7.0)
+    with pytest.raises(ValueError, match=r"exceed the range of torch.float16 \(largest 65504\): lower scale"):
+        repel(x, scale=1e12, backend=backend, solver=solver, out=x)
+    with pytest.raises(ValueError, match=r"exceed the range of torch.float16"):
+        repel(x, scale=1e12, backend=backend, solver=solver, out=out)
+    assert torch.equal(x.view(torch.int16), original.view(torch.int16)) and (out == 7.0).all()
+    wide = repel(x.float(), scale=1e12, backend=backend, solver=solver)  # the same update fits in float32
+    assert torch.isfinite(wide).all() and wide.abs().max() > torch.finfo(torch.float16).max
+
+
+@pytest.mark.parametrize("settings", [{"scale": 0.0}, {"iterations": 0}, {"group_size": 1}], ids=str)
+def test_a_no_op_passes_its_input_through_unchecked(settings):
+    """Documented: with nothing to compute, repel copies x (NaN included) and checks nothing."""
+    x = samples()
+    x[1, 2, 3] = float("nan")
+    options = {"scale": 10.0, "group_size": 4, **settings}
+    assert torch.equal(repel(x, **options).isnan(), x.isnan())
