@@ -12,7 +12,13 @@ and attention hooks are traced into the graphs: their bodies read only what is f
 pass the tensors to the custom op ``fastrepulse::repel_in_hook``, which Dynamo records without looking inside. So
 nothing breaks the graph, and the per-call state (step, group size, text length), read by the op at run time, never
 becomes a guard that would recompile per step. Dynamo does not notice hooks added to a module that had none, so
-`patch` drops the code it compiled for the denoiser's modules (`_drop_compiled_code`).
+`patch` drops the code it compiled for the denoiser's modules (`_drop_compiled_code`). Dynamo itself is imported at the
+first patch (`_register_with_dynamo`): importing it takes seconds, which `import fastrepulse` should not.
+
+A patched pipeline copies and pickles as one (`copy.deepcopy`, `pickle`, `torch.save`): the hooks are bound methods of
+the handle and the handle refers to the pipeline, so the copy's hooks, on the copy's modules, report to the copy's
+handle, which takes a key of its own (`RepulsionHandle.__reduce__`); the copy wraps its own scheduler. A patched
+pipeline runs one call at a time: its per-call state lives on the handle, as diffusers keeps its own on the scheduler.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -28,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch._dynamo.eval_frame import reset_code, skip_code
 
 from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
@@ -42,6 +48,8 @@ HANDLE_ATTRIBUTE = "_fastrepulse_handle"
 _HANDLES: weakref.WeakValueDictionary[int, RepulsionHandle] = weakref.WeakValueDictionary()
 """The live handles by key: a custom op takes no Python objects, so `_repel_in_hook` gets the key."""
 _KEYS = itertools.count()
+_UNCOPIED = ("_call", "_forward", "_busy", "_key")
+"""What a handle's copy starts afresh (`RepulsionHandle._start`): the call in progress, the lock, the key."""
 
 
 def patch(
@@ -124,14 +132,12 @@ class RepulsionHandle:
     """What `patch` changed on one pipeline; `remove()` restores every original."""
 
     def __init__(self, pipe: Any, config: RepulsionConfig, denoiser: Denoiser, blocks: tuple[TextBlock, ...]) -> None:
+        _register_with_dynamo()
         self.pipe = pipe
         self.config = config
         self.denoiser = denoiser
-        self._call: _CallState | None = None
-        self._forward: _ForwardState | None = None
         self._warned_single_groups = False
-        self._key = next(_KEYS)
-        _HANDLES[self._key] = self
+        self._start()
         self._hooks = [denoiser.module.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)]
         for block in blocks:
             if config.site == "attention":
@@ -144,6 +150,23 @@ class RepulsionHandle:
         pipe.__dict__[HANDLE_ATTRIBUTE] = self
         pipe.__dict__["scheduler"] = wrap_scheduler(pipe.scheduler, self)
         pipe.__class__ = _calling_class(type(pipe))
+
+    def _start(self) -> None:
+        """No call running, and a key of its own under which the hooks' op finds this handle."""
+        self._call: _CallState | None = None
+        self._forward: _ForwardState | None = None
+        self._busy = threading.Lock()
+        self._key = next(_KEYS)
+        _HANDLES[self._key] = self
+
+    def __reduce__(self) -> tuple:
+        """Copied or pickled with its pipeline: the copy refers to the copied pipeline, denoiser and hook handles, and
+        starts again (`_start`), so the copy's hooks, which are its bound methods, find it and not this handle."""
+        return _new_handle, (), {name: value for name, value in self.__dict__.items() if name not in _UNCOPIED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start()
 
     def remove(self) -> None:
         """Remove the hooks, the scheduler wrapper and the class swap; a second call does nothing."""
@@ -159,17 +182,28 @@ class RepulsionHandle:
 
     @contextmanager
     def pipeline_call(self, call: Any, args: tuple, kwargs: dict) -> Iterator[None]:
-        """Per-call state for one call of the pipeline's original `__call__`, dropped when it ends."""
-        bound = _signature(call).bind(self.pipe, *args, **kwargs)
-        images_per_prompt = bound.arguments.get("num_images_per_prompt") or kwargs.get("num_images_per_prompt") or 1
-        if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
-            self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
-        self._call = _CallState(images_per_prompt)
+        """Per-call state for one call of the pipeline's original `__call__`, dropped when it ends.
+
+        Raises:
+            RuntimeError: a call is already running (another thread's, or one that this call is made from).
+        """
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"this patched {type(self.pipe).__name__} is already running a call: a patched pipeline runs one call "
+                "at a time (the call's state lives on the pipeline, in diffusers' scheduler and in fastrepulse's "
+                "handle); use one pipeline per thread, e.g. copy.deepcopy(pipe) for each"
+            )
         try:
+            bound = _signature(call).bind(self.pipe, *args, **kwargs)
+            images_per_prompt = bound.arguments.get("num_images_per_prompt") or kwargs.get("num_images_per_prompt") or 1
+            if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
+                self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
+            self._call = _CallState(images_per_prompt)
             yield
         finally:
             self._call = None
             self._forward = None
+            self._busy.release()
 
     def on_step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Count one sampler step of the current call; Particle Guidance adjusts the model output first."""
@@ -185,7 +219,6 @@ class RepulsionHandle:
         prediction = self.pipe.scheduler.config.get("prediction_type", "flow")
         return particle_guidance(model_output, sample, self.config, group_size, 1.0 if prediction == "sample" else -1.0)
 
-    @torch.compiler.disable
     def _before_denoiser(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._forward = None
         call = self._call
@@ -216,11 +249,6 @@ class RepulsionHandle:
             parts.append(output[1 - kind.block_text])
         _repel_in_hook(parts, self._key, text_prefix=False)
         return None
-
-    # A hook on a compiled module itself (Flux blocks under regional compilation) is called as a frame of its own,
-    # which Dynamo would compile into a graph of just the op: run such frames eagerly, still trace the hooks inlined.
-    skip_code(_after_attention.__code__)
-    skip_code(_after_block.__code__)
 
     def _repel(self, *parts: torch.Tensor) -> None:
         """Repel the samples made of `parts` (concatenated per sample), writing the result back into them."""
@@ -286,12 +314,36 @@ def _(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
     return None
 
 
+@functools.cache
+def _register_with_dynamo() -> None:
+    """Tell Dynamo how to run the hooks, once, at the first patch (or unpickled handle), importing it only then.
+
+    The denoiser's pre-hook reads and sets the per-call state, so it runs eagerly, outside any graph. A block or
+    attention hook on a compiled module itself (Flux blocks under regional compilation) is called as a frame of its
+    own, which Dynamo would compile into a graph of just the op: such frames run eagerly, while compiled callers still
+    trace the hooks inlined.
+    """
+    from torch._dynamo.eval_frame import skip_code
+
+    RepulsionHandle._before_denoiser = torch.compiler.disable(RepulsionHandle._before_denoiser)
+    skip_code(RepulsionHandle._after_attention.__code__)
+    skip_code(RepulsionHandle._after_block.__code__)
+
+
+def _new_handle() -> RepulsionHandle:
+    """An empty handle for a copy or unpickling to fill (`RepulsionHandle.__reduce__`), once Dynamo knows the hooks."""
+    _register_with_dynamo()
+    return RepulsionHandle.__new__(RepulsionHandle)
+
+
 def _drop_compiled_code(denoiser: torch.nn.Module) -> None:
     """Drop what Dynamo compiled for the forwards of `denoiser` and its submodules, so the new hooks get traced.
 
     Dynamo does not guard on the hooks of a module that has none (``torch._dynamo.config.skip_nnmodule_hook_guards``):
     a block compiled before the patch, or while unpatched, would run on without them. The next call recompiles.
     """
+    from torch._dynamo.eval_frame import reset_code
+
     for code in {getattr(type(module).forward, "__code__", None) for module in denoiser.modules()} - {None}:
         reset_code(code)
 
@@ -316,7 +368,11 @@ def _signature(function: Any) -> inspect.Signature:
 
 @functools.cache
 def _calling_class(cls: type) -> type:
-    """A subclass of the pipeline class whose `__call__` runs inside the handle's per-call state."""
+    """A subclass of the pipeline class whose `__call__` runs inside the handle's per-call state.
+
+    Its instances copy and pickle as instances of it, which pickle cannot find by name (`_patched_instance`), and the
+    copy wraps its own scheduler: a copied wrapper is a copy of the plain scheduler (`fastrepulse.scheduler`).
+    """
     original = cls.__call__
 
     @functools.wraps(original)
@@ -324,4 +380,25 @@ def _calling_class(cls: type) -> type:
         with self.__dict__[HANDLE_ATTRIBUTE].pipeline_call(original, args, kwargs):
             return original(self, *args, **kwargs)
 
-    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "_fastrepulse_base": cls})
+    def __reduce_ex__(self: Any, protocol: int) -> tuple:
+        return _patched_instance, (cls,), self.__dict__
+
+    def __setstate__(self: Any, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        scheduler = unwrap_scheduler(self.__dict__["scheduler"])
+        self.__dict__["scheduler"] = wrap_scheduler(scheduler, self.__dict__[HANDLE_ATTRIBUTE])
+
+    namespace = {
+        "__call__": __call__,
+        "__reduce_ex__": __reduce_ex__,
+        "__setstate__": __setstate__,
+        "__module__": cls.__module__,
+        "_fastrepulse_base": cls,
+    }
+    return type(cls.__name__, (cls,), namespace)
+
+
+def _patched_instance(cls: type) -> Any:
+    """An empty instance of the patched subclass of pipeline class `cls`, for a copy or unpickling to fill."""
+    patched_class = _calling_class(cls)
+    return patched_class.__new__(patched_class)

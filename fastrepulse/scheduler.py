@@ -7,6 +7,7 @@ the current pipeline call and may adjust the model output first (Particle Guidan
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Protocol
 
@@ -22,7 +23,9 @@ def wrap_scheduler(scheduler: Any, listener: StepListener) -> Any:
 
     The wrapper is an instance of a subclass made for it that shares the original's ``__dict__``: every
     state change lands in the original, ``isinstance`` checks hold, and dropping the wrapper restores the
-    original object untouched in behaviour.
+    original object untouched in behaviour. A copy or pickle of the wrapper (``copy.copy``, ``copy.deepcopy``,
+    `pickle`) is one of the original: a second scheduler made from it, as some pipelines make one for audio,
+    does not count the sampler's steps, and a patched pipeline's copy wraps its own for its own listener.
     """
     base = type(scheduler)
 
@@ -31,7 +34,19 @@ def wrap_scheduler(scheduler: Any, listener: StepListener) -> Any:
         model_output = listener.on_step(model_output, sample)
         return base.step(self, model_output, timestep, sample, *args, **kwargs)
 
-    namespace = {"step": step, "__module__": base.__module__, "_fastrepulse_original": scheduler}
+    def __copy__(self: Any) -> Any:
+        return copy.copy(scheduler)
+
+    def __reduce__(self: Any) -> tuple:
+        return unwrap_scheduler, (scheduler,)
+
+    namespace = {
+        "step": step,
+        "__copy__": __copy__,
+        "__reduce__": __reduce__,
+        "__module__": base.__module__,
+        "_fastrepulse_original": scheduler,
+    }
     counting = type(base.__name__, (base,), namespace)
     wrapper = object.__new__(counting)
     wrapper.__dict__ = scheduler.__dict__

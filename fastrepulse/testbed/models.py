@@ -5,10 +5,12 @@ Every component is a diffusers or transformers class made from constructor argum
 character-level tokenizers (fixed random weights, shipped with the rest: the transformer learns to read
 them), and a flow-matching Euler scheduler. `pipeline(name)` builds the architecture and loads the
 trained weights shipped in `weights/<name>.safetensors`; `bench/train_testbed.py` reproduces them.
+`save_pretrained` saves them as the standard diffusers pipeline, marked as the testbed (`TESTBED_MARKER`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,25 @@ CALL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """The testbed models by name, with their stored call defaults: 20 Euler steps and classifier-free
 guidance 3 (true CFG for Flux, which has no guidance embedding), at the scans' 8 x 8 pixels."""
+TESTBED_MARKER = "_fastrepulse_testbed"
+"""The key of a saved testbed pipeline's model_index.json that names the model ("flux" or "sd3"). diffusers ignores
+it (a private key): `DiffusionPipeline.from_pretrained` loads the folder as the standard pipeline, without the stored
+call defaults; ``DiffusionPipeline.load_config(folder)`` reads it."""
 
 
 class _Defaults:
     """Fills the testbed's stored call defaults (steps, guidance, size) into a diffusers pipeline call."""
 
+    testbed_name: str
     call_defaults: dict[str, Any] = {}
+
+    def to_json_string(self) -> str:
+        """The config that `save_pretrained` writes to model_index.json: named as the diffusers pipeline class, which
+        is what `DiffusionPipeline.from_pretrained` can load (it knows no testbed class), and marked as the testbed."""
+        config = json.loads(super().to_json_string())
+        mro = type(self).__mro__
+        config.update({"_class_name": mro[mro.index(_Defaults) + 1].__name__, TESTBED_MARKER: self.testbed_name})
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def __call__(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Any:
         settings = {"height": SIZE, "width": SIZE, **self.call_defaults, **kwargs}
@@ -68,13 +83,24 @@ class _Defaults:
 class TestbedFluxPipeline(_Defaults, FluxPipeline):
     """FluxPipeline with the testbed's stored defaults."""
 
+    testbed_name = "flux"
     call_defaults = CALL_DEFAULTS["flux"]
 
 
 class TestbedSD3Pipeline(_Defaults, StableDiffusion3Pipeline):
     """StableDiffusion3Pipeline with the testbed's stored defaults."""
 
+    testbed_name = "sd3"
     call_defaults = CALL_DEFAULTS["sd3"]
+
+
+def from_saved(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
+    """The testbed pipeline `name` again, with its stored call defaults, from the components of a folder that
+    `save_pretrained` wrote (loaded as the standard pipeline; its model_index.json carries `TESTBED_MARKER`)."""
+    classes = {"flux": TestbedFluxPipeline, "sd3": TestbedSD3Pipeline}
+    if name not in classes:
+        raise ValueError(f"{TESTBED_MARKER} must be one of {sorted(classes)}, got {name!r}")
+    return classes[name](**pipe.components)
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
