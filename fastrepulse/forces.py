@@ -16,8 +16,8 @@ The kernels, exactly:
 - ``"rbf"``: ``K_ij = exp(-d_ij / h)`` with ``d_ij = G_ii + G_jj - 2 G_ij`` (squared distance) and the
   bandwidth ``h = median{d_ij : i < j} / log(B)``, the SVGD median rule (the median of an even count is
   the mean of the two middle values). ``h`` is computed once per call from the input and held fixed
-  during the iterations, so they are gradient ascent on one fixed function; it is floored at the
-  smallest normal float64 so identical samples give ``K = 1`` rather than NaN.
+  during the iterations, so they are gradient ascent on one fixed function. Where that median is 0 (at
+  least half the pairs coincide) there is no length scale: ``h`` is infinite and there is no force.
 
 The objectives:
 
@@ -25,6 +25,16 @@ The objectives:
   the Vendi score). Eigenvalues are floored at ``EIGENVALUE_FLOOR`` inside the log, which bounds the
   force when samples are linearly dependent (duplicates, or B > L).
 - ``"energy"``: ``H = -sum_{i != j} K_ij``, the Particle-Guidance pairwise energy.
+
+Identical and collinear samples have exact answers that rounding would otherwise swamp: with eigenvalues of K
+floored, the steps amplify rounding in the directions the samples do not span by a factor each step. Squared
+distances below ``RANK_TOLERANCE`` of ``G_ii + G_jj`` (and cosines within it of +-1) are rounding and count as
+exact, i.e. samples closer than about 3e-7 of their norm are identical here. Then:
+
+- identical samples stay identical (`ties`): the exact steps move them alike;
+- a group whose samples all lie on one line through 0 (`collinear`) does not move under the cosine kernel:
+  a force tangent to that line within the samples' span is 0 (so for any one-element samples);
+- under rbf, identical samples (and any group whose median distance is 0) feel no force (h is infinite).
 """
 
 from __future__ import annotations
@@ -42,14 +52,37 @@ KERNELS: tuple[str, ...] = ("cosine", "rbf")
 EIGENVALUE_FLOOR = 1e-12
 """Eigenvalues of rho below this count as this inside log(rho); float64 eigh is exact to ~1e-16."""
 
+RANK_TOLERANCE = 1e-13
+"""Squared distances below this fraction of G_ii + G_jj, and cosines within it of +-1, are rounding of a float64
+Gram matrix (~1e-16 relative) and count as 0 and +-1."""
+
+
+def ties(gram: np.ndarray) -> np.ndarray | None:
+    """Averaging matrices [..., B, B] over each group's sets of identical samples (squared distance 0 in
+    `squared_distances`), or None where no two samples of any group are identical."""
+    size = gram.shape[-1]
+    same = squared_distances(gram) == 0
+    if not (same & ~np.eye(size, dtype=bool)).any():
+        return None
+    for _ in range(max(size - 1, 1).bit_length()):  # transitive closure: paths of length up to B
+        same = (same.astype(np.float64) @ same.astype(np.float64)) > 0
+    return same / same.sum(-1, keepdims=True)
+
+
+def collinear(gram: np.ndarray) -> np.ndarray:
+    """Whether each group's samples lie on one line through 0 (every cosine +-1 to rounding) [...]."""
+    inv_norm = 1.0 / np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1))
+    cosines = np.abs(gram * inv_norm[..., :, None] * inv_norm[..., None, :])
+    return (cosines >= 1.0 - RANK_TOLERANCE).all(axis=(-2, -1))
+
 
 def rbf_bandwidth(gram: np.ndarray) -> np.ndarray:
-    """Median-rule bandwidth ``h = median_{i<j} d_ij / log(B)`` of each group, shape [..., 1, 1]."""
+    """Median-rule bandwidth ``h = median_{i<j} d_ij / log(B)`` of each group, shape [..., 1, 1]; inf where 0."""
     size = gram.shape[-1]
     upper = np.triu_indices(size, k=1)
     pairs = squared_distances(gram)[..., upper[0], upper[1]]
     bandwidth = np.median(pairs, axis=-1) / math.log(size)
-    return np.maximum(bandwidth, np.finfo(np.float64).tiny)[..., None, None]
+    return np.where(bandwidth > 0, bandwidth, np.inf)[..., None, None]
 
 
 def objective_gradient(kernel_mat: np.ndarray, objective: str) -> np.ndarray:
@@ -90,6 +123,8 @@ def force_matrix(gram: np.ndarray, objective: str, kernel: str, bandwidth: np.nd
 
 
 def squared_distances(gram: np.ndarray) -> np.ndarray:
-    """d_ij = G_ii + G_jj - 2 G_ij [..., B, B], clamped at 0 against rounding."""
+    """d_ij = G_ii + G_jj - 2 G_ij [..., B, B]; 0 at rounding level (RANK_TOLERANCE of G_ii + G_jj) or below."""
     sq_norm = np.diagonal(gram, axis1=-2, axis2=-1)
-    return np.maximum(sq_norm[..., :, None] + sq_norm[..., None, :] - 2.0 * gram, 0.0)
+    scale = sq_norm[..., :, None] + sq_norm[..., None, :]
+    distances = scale - 2.0 * gram
+    return np.where(distances > RANK_TOLERANCE * scale, distances, 0.0)

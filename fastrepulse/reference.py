@@ -1,16 +1,18 @@
 """Eager PyTorch references: the Gram-space passes of backend "torch" and the paper's literal loop.
 
 Both run on any device. Samples arrive as x [N, L] with groups of `group_size` contiguous rows;
-arithmetic is float32 (float64 for float64 x), B x B algebra float64 on the host.
+arithmetic is float32 (float64 for float64 x), Gram matrices float64 (a float32 BLAS product of identical
+rows need not give equal entries), B x B algebra float64 on the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from fastrepulse.forces import force_matrix, rbf_bandwidth
+from fastrepulse.forces import collinear, force_matrix, rbf_bandwidth, ties
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -19,9 +21,9 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gram_torch(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Gram matrices [N / B, B, B] (float64) of the row groups of x [N, L]."""
-    rows = x.view(-1, group_size, x.shape[1]).to(accumulation_dtype(x.dtype))
-    return torch.bmm(rows, rows.mT).to(torch.float64)
+    """Gram matrices [N / B, B, B] (float64, accumulated in float64) of the row groups of x [N, L]."""
+    rows = x.view(-1, group_size, x.shape[1]).to(torch.float64)
+    return torch.bmm(rows, rows.mT)
 
 
 def apply_torch(x: torch.Tensor, mix: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -49,16 +51,25 @@ def repel_literal(
     coefficients from it on the host, and applies ``c <- c + (scale / iterations) W c`` (pass 2).
 
     Returns the updated samples [N / B, B, L] in the accumulation dtype. `check_gram` sees the first
-    Gram matrix, before any arithmetic on the samples.
+    Gram matrix (float64), before any arithmetic on the samples. Identical samples are kept identical and
+    collinear groups (cosine) unmoved, their exact answers, which rounding would swamp (`fastrepulse.forces`).
     """
     samples = x.view(-1, group_size, x.shape[1]).to(accumulation_dtype(x.dtype), copy=True)
-    step = scale / iterations
-    bandwidth = None
+    first = torch.bmm(samples.double(), samples.double().mT).cpu()  # float64: identical rows give equal entries
+    check_gram(first)
+    first = first.numpy()
+    bandwidth = rbf_bandwidth(first) if kernel == "rbf" else None
+    tie = ties(first)
+    step = np.full((first.shape[0], 1, 1), scale / iterations)
+    if kernel == "cosine":
+        step[collinear(first)] = 0.0
     for i_step in range(iterations):
-        gram = torch.bmm(samples, samples.mT).to(device="cpu", dtype=torch.float64)
-        if i_step == 0:
-            check_gram(gram)
-            bandwidth = rbf_bandwidth(gram.numpy()) if kernel == "rbf" else None
-        force = step * force_matrix(gram.numpy(), objective, kernel, bandwidth)
+        gram = first if i_step == 0 else torch.bmm(samples, samples.mT).to(device="cpu", dtype=torch.float64).numpy()
+        force = step * force_matrix(gram, objective, kernel, bandwidth)
+        if tie is not None:  # identical samples: the same force, and the same rows whatever the BLAS does
+            force = tie @ force @ tie
         samples = torch.baddbmm(samples, torch.from_numpy(force).to(samples), samples)
+        if tie is not None:
+            moving = torch.from_numpy(np.where(step > 0, tie, np.eye(tie.shape[-1]))).to(samples)
+            samples = torch.bmm(moving, samples)
     return samples

@@ -2,7 +2,9 @@
 
 After any number of steps the samples are C = P C0, so the Gram matrix follows as G = P G0 P^T
 and a step ``C <- C + s W C`` is ``P <- (I + s W) P``, ``G <- (I + s W) G (I + s W)`` (W is
-symmetric). The big tensor is never touched: the caller applies ``X + (P - I) X`` once.
+symmetric). The big tensor is never touched: the caller applies ``X + (P - I) X`` once. Identical
+samples get the same force (``W <- A W A`` with A averaging over them), so they stay identical, and
+collinear groups under the cosine kernel are left alone: their exact answers (`fastrepulse.forces`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastrepulse.forces import force_matrix, rbf_bandwidth
+from fastrepulse.forces import collinear, force_matrix, rbf_bandwidth, ties
 
 
 def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:
@@ -29,11 +31,17 @@ def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, 
     # from the symmetric part, as the device solver does
     state = 0.5 * (state + np.swapaxes(state, -1, -2))
     bandwidth = rbf_bandwidth(state) if kernel == "rbf" else None
+    tie = ties(state)
     eye = np.eye(state.shape[-1])
-    step = scale / iterations
+    step = np.full(state.shape[:-2] + (1, 1), scale / iterations)
+    if kernel == "cosine":
+        step[collinear(state)] = 0.0
     mixing = np.broadcast_to(eye, state.shape)
     for _ in range(iterations):
-        transform = eye + step * force_matrix(state, objective, kernel, bandwidth)
+        force = force_matrix(state, objective, kernel, bandwidth)
+        if tie is not None:  # identical samples: the same force, to the bit
+            force = tie @ force @ tie
+        transform = eye + step * force
         mixing = transform @ mixing
         state = transform @ state @ transform
     return torch.from_numpy(mixing - eye)

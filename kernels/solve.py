@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastrepulse.forces import EIGENVALUE_FLOOR
+from fastrepulse.forces import EIGENVALUE_FLOOR, RANK_TOLERANCE
 
 MAX_SWEEPS = 30
 """Jacobi sweeps per eigendecomposition at most; from a warm start one or two are the rule."""
@@ -31,8 +31,9 @@ MAX_REGISTERS = 128
 
 
 def solver_warps(block: int) -> int:
-    """Warps per program: one up to 8 x 8 (no cross-warp reductions), eight for 16 x 16 x 16 products."""
-    return 8 if block >= 16 else 1
+    """Warps per program: one up to 4 x 4 (no cross-warp reductions), four for 8 x 8 x 8 products and sixteen for
+    16 x 16 x 16 ones, so that their temporaries fit the register cap (with fewer, ptxas spills)."""
+    return {16: 16, 8: 4}.get(block, 1)
 
 
 @triton.jit
@@ -81,12 +82,15 @@ def _solve_kernel(
     VENDI: tl.constexpr,
     COSINE: tl.constexpr,
     FLOOR: tl.constexpr,
+    RANK_TOLERANCE: tl.constexpr,
     SWEEPS: tl.constexpr,
+    TIE_ROUNDS: tl.constexpr,
     SOLVED_STATUS: tl.constexpr,
     NON_FINITE_STATUS: tl.constexpr,
     NOT_CONVERGED_STATUS: tl.constexpr,
 ):
-    """mix[g] = P - I after `iterations` steps T = I + step W(G), P <- T P, G <- T G T; status[g] a status code."""
+    """mix[g] = P - I after `iterations` steps T = I + step A W(G) A, P <- T P, G <- T G T (A averages over identical
+    samples; step 0 for collinear groups under cosine, as `fastrepulse.solver.solve`); status[g] a status code."""
     i_g = tl.program_id(0)
     o_row = tl.arange(0, BLOCK)[:, None]
     o_col = tl.arange(0, BLOCK)[None, :]
@@ -101,8 +105,21 @@ def _solve_kernel(
     b_gram = 0.5 * (b_gram + tl.trans(b_gram))
     # B * FLOOR as a float64 constant: a bare Python float would be rounded to float32 (by 4e-9 at B = 4)
     floor = tl.full([1, BLOCK], B * FLOOR, tl.float64)
+    tolerance = tl.full([1, 1], RANK_TOLERANCE, tl.float64)
     bandwidth = tl.load(bandwidth_ptr + i_g)
     step = tl.load(step_ptr)  # float64: a Python float argument would arrive as float32
+    sq_norm_row = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=1)[:, None]
+    sq_norm_col = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=0)[None, :]
+    # identical samples (squared distance at rounding level) get the same force: W <- A W A, A averaging them
+    b_tie = tl.where((_distances(b_gram, sq_norm_row, sq_norm_col, tolerance) == 0.0) & m_in, 1.0, 0.0)
+    b_tie = b_tie.to(tl.float64)
+    for _ in range(TIE_ROUNDS):  # transitive closure: paths of length up to B
+        b_tie = tl.where(_matmul(b_tie, b_tie) > 0.0, 1.0, 0.0).to(tl.float64)
+    b_tie = b_tie / tl.where(o_row < B, tl.sum(b_tie, axis=1)[:, None], 1.0)
+    if COSINE:  # samples on one line through 0: every tangent force is 0
+        cosine = tl.abs(b_gram) / tl.sqrt(tl.where(m_in, sq_norm_row * sq_norm_col, 1.0))
+        off_line = tl.sum(tl.sum(tl.where(m_in & (cosine < 1.0 - tolerance), 1, 0), axis=1), axis=0)
+        step = tl.where(off_line > 0, step, 0.0)
     b_mixing = eye
     b_vectors = eye
     unconverged = tl.full([], 0, tl.int32)
@@ -115,7 +132,7 @@ def _solve_kernel(
             scaling = tl.sqrt(inv_sq_norm) * tl.sqrt(inv_sq_norm_col)
             b_kernel = b_gram * scaling
         else:
-            distance = tl.maximum(sq_norm_row + sq_norm_col - 2.0 * b_gram, 0.0)
+            distance = _distances(b_gram, sq_norm_row, sq_norm_col, tolerance)
             b_kernel = tl.where(m_in, tl.exp(-distance / bandwidth), 0.0)
         if VENDI:
             b_rotated = _matmul(_matmul(tl.trans(b_vectors), b_kernel), b_vectors)
@@ -143,7 +160,7 @@ def _solve_kernel(
             b_force = b_objective * b_kernel / bandwidth
             b_force -= tl.where(m_diag, tl.sum(b_force, axis=1)[:, None], 0.0)
             b_force *= 4.0
-        b_transform = eye + step * tl.where(m_in, b_force, 0.0)
+        b_transform = eye + step * _matmul(_matmul(b_tie, tl.where(m_in, b_force, 0.0)), b_tie)
         b_mixing = _matmul(b_transform, b_mixing)
         b_gram = _matmul(_matmul(b_transform, b_gram), b_transform)
         # G is symmetric, its computed update not quite; the steps amplify that skew part in the near-null
@@ -155,6 +172,14 @@ def _solve_kernel(
     tl.store(mix_ptr + o_mat, b_mix, mask=m_in)
     status = tl.where(bad > 0, NON_FINITE_STATUS, tl.where(unconverged > 0, NOT_CONVERGED_STATUS, SOLVED_STATUS))
     tl.store(status_ptr + i_g, status.to(tl.int32))
+
+
+@triton.jit
+def _distances(gram, sq_norm_row, sq_norm_col, tolerance):
+    """d_ij = G_ii + G_jj - 2 G_ij, 0 at rounding level (as `fastrepulse.forces.squared_distances`)."""
+    scale = sq_norm_row + sq_norm_col
+    distance = scale - 2.0 * gram
+    return tl.where(distance > tolerance * scale, distance, 0.0)
 
 
 def solve_on_device(
@@ -202,7 +227,9 @@ def solver_constants(size: int, objective: str, kernel: str, max_sweeps: int = M
         "VENDI": objective == "vendi",
         "COSINE": kernel == "cosine",
         "FLOOR": EIGENVALUE_FLOOR,
+        "RANK_TOLERANCE": RANK_TOLERANCE,
         "SWEEPS": max_sweeps,
+        "TIE_ROUNDS": max(size - 1, 1).bit_length(),
         "SOLVED_STATUS": SOLVED,
         "NON_FINITE_STATUS": NON_FINITE,
         "NOT_CONVERGED_STATUS": NOT_CONVERGED,

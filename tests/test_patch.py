@@ -164,6 +164,22 @@ def test_a_prompt_is_independent_of_the_prompts_beside_it() -> None:
     assert mixed > 1000 * max(base, 1e-7), f"one group of two prompts moved the images by only {mixed:.2e}"
 
 
+@pytest.mark.parametrize(("name", "method"), [("flux", "contextual"), ("sd", "particle")])
+def test_the_same_seed_for_every_image_gives_the_unpatched_images(name: str, method: str) -> None:
+    """Identical images of a prompt have nothing to be pushed apart from (before: "repulsion diverged")."""
+    pipe = ALL_PIPELINES[name]()
+    kwargs = {**CALL, "prompt": PROMPTS, "num_images_per_prompt": IMAGES}
+    if name == "flux":
+        kwargs["max_sequence_length"] = TEXT_TOKENS
+
+    def same_seeds() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(0) for _ in range(len(PROMPTS) * IMAGES)]
+
+    base = pipe(generator=same_seeds(), **kwargs).images
+    with fastrepulse.patched(pipe, method=method, scale=300.0 if method == "contextual" else 30.0, steps="all"):
+        assert torch.equal(pipe(generator=same_seeds(), **kwargs).images, base)
+
+
 @pytest.mark.parametrize("name", ["flux", "sd3"])
 def test_a_prompt_is_independent_of_which_prompt_shares_the_call(name: str) -> None:
     """Same batch shape, other second prompt: the first prompt's images stay the same to the bit (with CFG on SD3)."""

@@ -1,0 +1,80 @@
+"""Identical, collinear and one-element samples: their exact answers on every backend and solver.
+
+The exact gradient is 0 for identical samples (every kernel) and for samples on one line through 0 under the
+cosine kernel (a tangent force within a 1-D span); the steps move identical samples alike. In floating point
+the floored eigenvalues would grow rounding into an answer (or a "diverged" error): these are the cases the
+iteration must get exactly right (`fastrepulse.forces`).
+"""
+
+import pytest
+import torch
+from oracle import assert_matches_oracle, group_vendi, literal_loop
+from test_repel_parity import PAIRS, calibrated_scale, prompt_like
+
+from fastrepulse import repel
+
+PATHS = [("torch", "host"), ("torch", "device"), ("triton", "host"), ("triton", "device"), ("reference", "host")]
+PATH_IDS = [f"{backend}-{solver}" for backend, solver in PATHS]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ITERATIONS = 5  # exactness does not depend on the count; the device solver runs in Triton's interpreter here
+
+
+def _repel(x: torch.Tensor, path: tuple[str, str], **options) -> torch.Tensor:
+    backend, solver = path
+    return repel(x, backend=backend, solver=solver, iterations=ITERATIONS, **options)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("objective,kernel", PAIRS, ids=[f"{o}-{k}" for o, k in PAIRS])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_identical_samples_come_back_unchanged(path, objective, kernel, dtype):
+    """Before: "repulsion diverged ... lower scale" (rbf, device solver) or a change of 10x the samples."""
+    x = torch.randn(2, 1, 3, 16).expand(2, 4, 3, 16).reshape(8, 3, 16).to(dtype)  # two groups of identical samples
+    original = x.clone()
+    result = _repel(x, path, scale=50.0, group_size=4, objective=objective, kernel=kernel, out=x)
+    assert result is x and torch.equal(x, original)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize(
+    "x",
+    [
+        # float64: the triton Gram of float32 rows resolves cosines to ~1e-7 only (see docs/operator.md)
+        torch.tensor([[1.0], [2.0], [-3.0], [4.0]], dtype=torch.float64) * torch.randn(1, 16, dtype=torch.float64),
+        torch.tensor([1.0, 2.0, -3.0, 4.0]),  # one element each: before, [17, 2, -7, 4]
+    ],
+    ids=["collinear", "one-element"],
+)
+def test_collinear_samples_do_not_move_under_the_cosine_kernel(path, x):
+    assert torch.equal(_repel(x, path, scale=50.0), x)
+
+
+@pytest.mark.parametrize("path", [path for path in PATHS if path[0] != "triton"], ids=lambda path: "-".join(path))
+def test_collinear_float32_samples_do_not_move_where_the_gram_is_float64(path):
+    x = torch.tensor([[1.0], [2.0], [-3.0], [4.0]]) * torch.randn(1, 16)
+    assert torch.equal(_repel(x, path, scale=50.0), x)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_collinear_and_one_element_samples_under_rbf_match_the_oracle(path):
+    """Distinct points on a line: the rbf kernel is full rank there and the update is the oracle's."""
+    for x in (torch.tensor([[1.0], [2.0], [-3.0], [4.0]]) * torch.randn(1, 16), torch.tensor([1.0, 2.0, -3.0, 4.0])):
+        x = x.double()
+        scale = calibrated_scale(x, 4, "vendi", "rbf")
+        expected = literal_loop(x, scale=scale, iterations=ITERATIONS, group_size=4, objective="vendi", kernel="rbf")
+        result = _repel(x, path, scale=scale, kernel="rbf")
+        assert_matches_oracle(result, x, expected, 4, f"{path} rbf, shape {tuple(x.shape)}")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("kernel", ["cosine", "rbf"])
+def test_duplicated_samples_stay_identical_while_the_group_spreads(path, kernel):
+    """Two copies of one sample among others: the exact steps move the copies alike (the floated force would
+    split them by rounding, which the floored eigenvalues grow by a factor per step)."""
+    x = prompt_like(4, (4, 8), torch.float32)
+    x[1] = x[0]
+    result = _repel(x, path, scale=calibrated_scale(x[1:], 3, "vendi", kernel), kernel=kernel)
+    assert torch.equal(result[0], result[1]) and torch.isfinite(result).all()
+    # one copy and the others: their Vendi score rises (rbf: with the bandwidth of the input)
+    after = group_vendi(result[1:], 3, kernel, bandwidth_from=x[1:]).item()
+    assert after > group_vendi(x[1:], 3, kernel).item() * 1.01
