@@ -105,6 +105,8 @@ def repel(
         gram_fn, apply_fn = _passes(backend)
         with GRAM_RANGE:
             gram = gram_fn(rows, group_size)
+            if backend == "triton" and x.dtype != torch.float64:
+                gram = _resolve_near_collinear(rows, gram, group_size)
         with SOLVE_RANGE:
             if solver == "device":
                 mix = _solve_on_device(gram, check, scale, iterations, objective, kernel)
@@ -130,6 +132,26 @@ def repel(
             else:
                 out.copy_(apply_fn(rows, mix, torch.empty_like(rows)).view(x.shape))
     return out
+
+
+NEAR_COLLINEAR = 1e-6
+"""Cosines within this of +-1 are beyond what a float32-accumulated Gram resolves (~1e-7): such groups are summed
+again in float64, so that identical, collinear and nearly identical samples get their exact answers."""
+
+
+def _resolve_near_collinear(rows: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """`gram` with the groups whose samples all lie within NEAR_COLLINEAR of one line summed again in float64
+    (an extra pass over those groups only; one sync on a GPU)."""
+    inv_norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny).rsqrt()
+    cosines = (gram * inv_norm[..., :, None] * inv_norm[..., None, :]).abs()
+    near = (cosines >= 1.0 - NEAR_COLLINEAR).flatten(1).all(-1)
+    if not bool(near.any()):
+        return gram
+    groups = near.nonzero().flatten()
+    grouped = rows.view(gram.shape[0], group_size, -1)[groups]
+    resolved = gram.clone()
+    resolved[groups] = gram_torch(grouped.reshape(-1, grouped.shape[-1]), group_size).to(gram.device)
+    return resolved
 
 
 def _fits(gram: torch.Tensor, mix: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -39,19 +39,14 @@ def test_identical_samples_come_back_unchanged(path, objective, kernel, dtype):
 @pytest.mark.parametrize(
     "x",
     [
-        # float64: the triton Gram of float32 rows resolves cosines to ~1e-7 only (see docs/operator.md)
+        torch.tensor([[1.0], [2.0], [-3.0], [4.0]]) * torch.randn(1, 16),  # collinear rows
         torch.tensor([[1.0], [2.0], [-3.0], [4.0]], dtype=torch.float64) * torch.randn(1, 16, dtype=torch.float64),
         torch.tensor([1.0, 2.0, -3.0, 4.0]),  # one element each: before, [17, 2, -7, 4]
     ],
-    ids=["collinear", "one-element"],
+    ids=["collinear-fp32", "collinear-fp64", "one-element"],
 )
 def test_collinear_samples_do_not_move_under_the_cosine_kernel(path, x):
-    assert torch.equal(_repel(x, path, scale=50.0), x)
-
-
-@pytest.mark.parametrize("path", [path for path in PATHS if path[0] != "triton"], ids=lambda path: "-".join(path))
-def test_collinear_float32_samples_do_not_move_where_the_gram_is_float64(path):
-    x = torch.tensor([[1.0], [2.0], [-3.0], [4.0]]) * torch.randn(1, 16)
+    """(The triton Gram of float32 rows resolves cosines to ~1e-7: such groups are summed again in float64.)"""
     assert torch.equal(_repel(x, path, scale=50.0), x)
 
 
@@ -78,3 +73,24 @@ def test_duplicated_samples_stay_identical_while_the_group_spreads(path, kernel)
     # one copy and the others: their Vendi score rises (rbf: with the bandwidth of the input)
     after = group_vendi(result[1:], 3, kernel, bandwidth_from=x[1:]).item()
     assert after > group_vendi(x[1:], 3, kernel).item() * 1.01
+
+
+def test_only_nearly_collinear_groups_are_summed_again_in_float64(monkeypatch: pytest.MonkeyPatch):
+    """The triton Gram of float32 rows cannot resolve them; every other group keeps its single pass."""
+    import fastrepulse.repulsion as repulsion
+
+    summed: list[int] = []
+    real = repulsion.gram_torch
+
+    def recording(rows: torch.Tensor, group_size: int) -> torch.Tensor:
+        summed.append(rows.shape[0] // group_size)
+        return real(rows, group_size)
+
+    monkeypatch.setattr(repulsion, "gram_torch", recording)
+    spread = prompt_like(8, (3, 16), torch.float32)
+    repel(spread, scale=10.0, group_size=4, backend="triton")
+    assert summed == []
+    near = spread.clone()
+    near[4:] = near[4] + 1e-5 * torch.randn(4, 3, 16)  # the second group: within 1e-5 of one sample
+    repel(near, scale=10.0, group_size=4, backend="triton")
+    assert summed == [1]
