@@ -9,14 +9,36 @@ collinear groups under the cosine kernel are left alone: their exact answers (`f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from fastrepulse.forces import collinear, force_matrix, rbf_bandwidth, ties
 
+_COMPILED: Callable[..., np.ndarray] | None | bool = False
+"""`fastrepulse.compiled_solver.solve_compiled` once imported, None where numba does not import, False before
+the first solve: numba (0.3 s to import) is imported at the first solve, never at ``import fastrepulse``."""
+
+
+def compiled_loop() -> Callable[..., np.ndarray] | None:
+    """The compiled solver, or None where numba is not installed or does not import (then NumPy runs)."""
+    global _COMPILED
+    if _COMPILED is False:
+        try:
+            from fastrepulse.compiled_solver import solve_compiled
+        except ImportError:  # numba or SciPy missing, or built for another NumPy: the NumPy solver, same results
+            solve_compiled = None
+        _COMPILED = solve_compiled
+    return _COMPILED
+
 
 def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:
     """Mixing matrices P - I [G, B, B] of `iterations` steps of size scale / iterations, on the host.
+
+    The loop runs compiled (`fastrepulse.compiled_solver`, numba; the first call in a fresh environment
+    compiles it, once, into numba's on-disk cache) and in NumPy (`solve_numpy`, the reference) where numba
+    does not import. The two agree to rounding (1e-12 of P - I).
 
     Args:
         gram: Gram matrices [G, B, B] of the groups' flattened samples, any float dtype and device
@@ -26,6 +48,15 @@ def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, 
     Returns:
         ``P - I``, float64 on the CPU: the update of the samples is ``(P - I) C0``.
     """
+    compiled = compiled_loop()
+    if compiled is None:
+        return solve_numpy(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
+    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return torch.from_numpy(compiled(state, scale, iterations, objective, kernel))
+
+
+def solve_numpy(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:
+    """`solve` in NumPy, batched over the groups with one Python step per iteration: the reference."""
     state = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
     # a Gram matrix summed in float32 by a BLAS need not be symmetric, and eigh reads one triangle: start
     # from the symmetric part, as the device solver does

@@ -1,0 +1,260 @@
+"""The host solver's loop compiled with numba: every group's `iterations` steps in one nopython call.
+
+The same algorithm as the NumPy reference (`fastrepulse.solver.solve_numpy`, the math in
+`fastrepulse.forces`), written out as scalar loops over B x B matrices: the set-up (the symmetric part
+of G, the rbf bandwidth, the averaging over identical samples, the collinear groups held still under the
+cosine kernel) and then, per group, ``W = force(G)``, ``W <- A W A`` where the group has ties,
+``T = I + s W``, ``P <- T P``, ``G <- (T G) T``. Vendi's eigendecomposition is LAPACK's (``np.linalg.eigh``,
+``dsyevd`` on the lower triangle, as NumPy's). Results agree with the reference to rounding (1e-12 of
+P - I in tests/test_compiled_solver.py). The B x B products are BLAS's (``np.dot``) and the row sums are
+added in NumPy's pairwise order, as in the reference, so most results are bit-identical (37 of the 96
+settings of bench/test_solver_speed.py; the rest within 4e-13, from libm's exp and log against NumPy's).
+Nothing looser would do: the reference itself moves by up to ~2e-12 of P - I when its input moves by
+1 ulp (Vendi, 8 groups of 16, 100 steps), so 1e-12 needs the same arithmetic, down to LAPACK's eigh.
+The groups run one after another, on one thread.
+
+Importing this module imports numba but compiles nothing: `solve_compiled` compiles on its first call
+(``cache=True``: once per machine and per version of this file, into numba's on-disk cache, the
+``__pycache__`` next to this file or ``NUMBA_CACHE_DIR``; one specialisation serves every objective, kernel
+and shape). `fastrepulse.solver` imports it lazily at the first solve and falls back to NumPy where numba
+or SciPy does not import. First solve in a fresh process, measured on the 2-core CI machine under load:
+6.3-8.2 s with a cold cache (compiling), 0.53-0.79 s with a warm one (importing numba and SciPy's LAPACK,
+loading the cache); every later call costs only its run.
+
+Speed (bench/test_solver_speed.py): 12-18x NumPy's for one group of 4 (Vendi; 40-70x for energy), 4-5x for
+8 groups of 16 under energy; Vendi at 8 groups of 16 is bound by LAPACK's eigh (~20 us per 16 x 16, 800
+calls at M = 100), the same routine NumPy calls, so it is only ~1.3x faster there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import scipy.linalg.cython_lapack  # noqa: F401  numba's np.linalg.eigh calls SciPy's LAPACK: without it, NumPy runs
+
+from fastrepulse.forces import EIGENVALUE_FLOOR, RANK_TOLERANCE
+
+_VENDI, _ENERGY = 0, 1
+_COSINE, _RBF = 0, 1
+OBJECTIVE_CODES = {"vendi": _VENDI, "energy": _ENERGY}
+KERNEL_CODES = {"cosine": _COSINE, "rbf": _RBF}
+
+
+def solve_compiled(gram: np.ndarray, scale: float, iterations: int, objective: str, kernel: str) -> np.ndarray:
+    """``P - I`` [G, B, B] (float64) of `iterations` steps of size scale / iterations for float64 Gram
+    matrices [G, B, B]; the first call compiles (or loads the on-disk cache)."""
+    state = np.ascontiguousarray(gram, dtype=np.float64)
+    step, codes = float(scale) / iterations, (OBJECTIVE_CODES[objective], KERNEL_CODES[kernel])
+    # the constants travel as arguments: numba's cache is keyed by this file, not by forces.py
+    return _solve(state, step, int(iterations), *codes, RANK_TOLERANCE, EIGENVALUE_FLOOR)
+
+
+@numba.njit(cache=True, nogil=True)
+def _squared_distances(gram, tolerance, out):
+    """`forces.squared_distances` of one group into out [B, B]."""
+    size = gram.shape[0]
+    for i in range(size):
+        for j in range(size):
+            scale = gram[i, i] + gram[j, j]
+            distance = scale - 2.0 * gram[i, j]
+            out[i, j] = distance if distance > tolerance * scale else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _bandwidth(distances):
+    """`forces.rbf_bandwidth` of one group: the median of d_ij (i < j) / log(B), inf where not > 0."""
+    size = distances.shape[0]
+    pairs = np.empty(size * (size - 1) // 2)
+    k = 0
+    for i in range(size):
+        for j in range(i + 1, size):
+            pairs[k] = distances[i, j]
+            k += 1
+    pairs.sort()
+    count = pairs.shape[0]
+    if count == 0:  # one sample: NumPy's median is nan, and nan / log(1) is not > 0
+        return np.inf
+    median = pairs[count // 2] if count % 2 else (pairs[count // 2 - 1] + pairs[count // 2]) / 2.0
+    bandwidth = median / math.log(size)
+    return bandwidth if bandwidth > 0 else np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _ties(distances, tie):
+    """`forces.ties` of one group into tie [B, B]: the averaging matrix over its sets of identical samples
+    (connected components of d_ij == 0); returns whether any two samples are identical."""
+    size = distances.shape[0]
+    label = np.arange(size)
+    found = False
+    for i in range(size):
+        for j in range(size):
+            if i != j and distances[i, j] == 0:
+                found = True
+                a, b = label[i], label[j]
+                if a != b:  # merge the two components: relabel b as a
+                    low, high = min(a, b), max(a, b)
+                    for k in range(size):
+                        if label[k] == high:
+                            label[k] = low
+    for i in range(size):
+        count = 0
+        for k in range(size):
+            if label[k] == label[i]:
+                count += 1
+        for j in range(size):
+            tie[i, j] = 1.0 / count if label[j] == label[i] else 0.0
+    return found
+
+
+@numba.njit(cache=True, nogil=True)
+def _collinear(gram, tolerance):
+    """`forces.collinear` of one group: every |cosine| within the tolerance of 1."""
+    size = gram.shape[0]
+    inv_norm = np.empty(size)
+    for i in range(size):
+        inv_norm[i] = 1.0 / math.sqrt(gram[i, i])
+    for i in range(size):
+        for j in range(size):
+            if not abs(gram[i, j] * inv_norm[i] * inv_norm[j]) >= 1.0 - tolerance:
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _matmul(a, b, out):
+    """out = a @ b in a fixed order (equal rows of a give bit-equal rows of out): for the averaging over ties."""
+    size = a.shape[0]
+    for i in range(size):
+        for j in range(size):
+            out[i, j] = 0.0
+        for k in range(size):
+            aik = a[i, k]
+            for j in range(size):
+                out[i, j] += aik * b[k, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_sum(row):
+    """sum(row) added in NumPy's order (pairwise_sum: 8 running sums from 8 elements on), as ``.sum(-1)``."""
+    n = row.shape[0]
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += row[i]
+        return total
+    if n > 128:
+        half = n // 2
+        half -= half % 8
+        return _row_sum(row[:half]) + _row_sum(row[half:])
+    r0, r1, r2, r3, r4, r5, r6, r7 = row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += row[i]
+        r1 += row[i + 1]
+        r2 += row[i + 2]
+        r3 += row[i + 3]
+        r4 += row[i + 4]
+        r5 += row[i + 5]
+        r6 += row[i + 6]
+        r7 += row[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += row[i]
+        i += 1
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _objective_gradient(kernel_mat, objective, floor, out):
+    """`forces.objective_gradient` of one group into out [B, B]."""
+    size = kernel_mat.shape[0]
+    if objective == _VENDI:
+        eigenvalues, eigenvectors = np.linalg.eigh(kernel_mat)
+        weight = np.empty(size)
+        for k in range(size):
+            weight[k] = math.log(max(eigenvalues[k], size * floor)) / -size
+        np.dot(eigenvectors * weight, eigenvectors.T, out)
+    else:
+        for i in range(size):
+            for j in range(size):
+                out[i, j] = 0.0 if i == j else -1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _force(state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force):
+    """`forces.force_matrix` of one group into force [B, B] (distances, kernel_mat, dh_dk: scratch)."""
+    size = state.shape[0]
+    if kernel == _COSINE:
+        products = np.empty(size)
+        inv_sq_norm = np.empty(size)
+        inv_norm = np.empty(size)
+        for i in range(size):
+            inv_sq_norm[i] = 1.0 / state[i, i]
+            inv_norm[i] = math.sqrt(inv_sq_norm[i])
+        for i in range(size):
+            for j in range(size):
+                kernel_mat[i, j] = state[i, j] * (inv_norm[i] * inv_norm[j])
+        _objective_gradient(kernel_mat, objective, floor, dh_dk)
+        for i in range(size):
+            for j in range(size):
+                force[i, j] = dh_dk[i, j] * (inv_norm[i] * inv_norm[j])
+                products[j] = dh_dk[i, j] * kernel_mat[i, j]
+            force[i, i] -= _row_sum(products) * inv_sq_norm[i]
+            for j in range(size):
+                force[i, j] *= 2.0
+    else:
+        _squared_distances(state, tolerance, distances)
+        for i in range(size):
+            for j in range(size):
+                kernel_mat[i, j] = math.exp(-distances[i, j] / bandwidth)
+        _objective_gradient(kernel_mat, objective, floor, dh_dk)
+        for i in range(size):
+            for j in range(size):
+                force[i, j] = dh_dk[i, j] * kernel_mat[i, j] / bandwidth
+            force[i, i] -= _row_sum(force[i])
+            for j in range(size):
+                force[i, j] *= 4.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve(gram, step, iterations, objective, kernel, tolerance, floor):
+    groups, size = gram.shape[0], gram.shape[1]
+    result = np.empty((groups, size, size))
+    state = np.empty((size, size))
+    mixing = np.empty((size, size))
+    transform = np.empty((size, size))
+    tie = np.empty((size, size))
+    distances = np.empty((size, size))
+    kernel_mat = np.empty((size, size))
+    dh_dk = np.empty((size, size))
+    force = np.empty((size, size))
+    scratch = np.empty((size, size))
+    for g in range(groups):
+        # a Gram matrix summed in float32 need not be symmetric, and eigh reads one triangle: its symmetric part
+        for i in range(size):
+            for j in range(size):
+                state[i, j] = 0.5 * (gram[g, i, j] + gram[g, j, i])
+                mixing[i, j] = 1.0 if i == j else 0.0
+        _squared_distances(state, tolerance, distances)
+        bandwidth = _bandwidth(distances) if kernel == _RBF else 0.0
+        tied = _ties(distances, tie)
+        group_step = 0.0 if kernel == _COSINE and _collinear(state, tolerance) else step
+        for _ in range(iterations):
+            _force(state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force)
+            if tied:  # identical samples: the same force, to the bit
+                _matmul(tie, force, scratch)
+                _matmul(scratch, tie, force)
+            for i in range(size):
+                for j in range(size):
+                    transform[i, j] = (1.0 if i == j else 0.0) + group_step * force[i, j]
+            np.dot(transform, mixing, scratch)  # BLAS: 4x faster than loops at B = 16
+            mixing, scratch = scratch, mixing
+            np.dot(transform, state, scratch)
+            np.dot(scratch, transform, state)
+        for i in range(size):
+            for j in range(size):
+                result[g, i, j] = mixing[i, j] - (1.0 if i == j else 0.0)
+    return result
