@@ -10,7 +10,9 @@
 #
 # The package, nvtx and diffusers (with importlib_metadata) travel as wheels in .whl/ (no network there):
 #   pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata \
-#     && pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl nvtx
+#     && pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl nvtx \
+#        numba llvmlite
+# (numba: the compiled host solver; without it, or without SciPy there, fastrepulse.solve runs its NumPy loop.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
