@@ -76,6 +76,14 @@ def collinear(gram: np.ndarray) -> np.ndarray:
     return (cosines >= 1.0 - RANK_TOLERANCE).all(axis=(-2, -1))
 
 
+def step_sizes(gram: np.ndarray, scale: float, iterations: int, kernel: str) -> np.ndarray:
+    """Each group's step size [..., 1, 1]: scale / iterations, 0 for collinear groups under the cosine kernel."""
+    steps = np.full(gram.shape[:-2] + (1, 1), scale / iterations)
+    if kernel == "cosine":
+        steps[collinear(gram)] = 0.0
+    return steps
+
+
 def rbf_bandwidth(gram: np.ndarray) -> np.ndarray:
     """Median-rule bandwidth ``h = median_{i<j} d_ij / log(B)`` of each group, shape [..., 1, 1]; inf where 0."""
     size = gram.shape[-1]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fastrepulse.forces import collinear, force_matrix, rbf_bandwidth, ties
+from fastrepulse.forces import force_matrix, rbf_bandwidth, step_sizes, ties
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,16 +60,15 @@ def repel_literal(
     first = first.numpy()
     bandwidth = rbf_bandwidth(first) if kernel == "rbf" else None
     tie = ties(first)
-    step = np.full((first.shape[0], 1, 1), scale / iterations)
-    if kernel == "cosine":
-        step[collinear(first)] = 0.0
+    step = step_sizes(first, scale, iterations, kernel)
+    # identical rows averaged again after each step, whatever the BLAS does with equal rows (groups that move)
+    retie = None if tie is None else torch.from_numpy(np.where(step > 0, tie, np.eye(tie.shape[-1]))).to(samples)
     for i_step in range(iterations):
         gram = first if i_step == 0 else torch.bmm(samples, samples.mT).to(device="cpu", dtype=torch.float64).numpy()
         force = step * force_matrix(gram, objective, kernel, bandwidth)
-        if tie is not None:  # identical samples: the same force, and the same rows whatever the BLAS does
+        if tie is not None:  # identical samples: the same force
             force = tie @ force @ tie
         samples = torch.baddbmm(samples, torch.from_numpy(force).to(samples), samples)
-        if tie is not None:
-            moving = torch.from_numpy(np.where(step > 0, tie, np.eye(tie.shape[-1]))).to(samples)
-            samples = torch.bmm(moving, samples)
+        if retie is not None:
+            samples = torch.bmm(retie, samples)
     return samples

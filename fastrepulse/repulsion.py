@@ -119,18 +119,16 @@ def repel(
                     iterations,
                 )
         with APPLY_RANGE:
-            staged = None
-            if not _fits(gram, mix, x.dtype):  # the result may overflow x's dtype: form it apart, check, then write
-                staged = apply_fn(rows, mix, torch.empty_like(rows))
-                _check_representable(staged, x.dtype)
+            fits = _fits(gram, mix, x.dtype)
             if out is None:
                 out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            if staged is not None:
-                out.copy_(staged.view(x.shape))
-            elif out.is_contiguous():
+            if fits and out.is_contiguous():
                 apply_fn(rows, mix, out.view(num_samples, -1))
-            else:
-                out.copy_(apply_fn(rows, mix, torch.empty_like(rows)).view(x.shape))
+            else:  # staged: a strided out, or a result that may overflow x's dtype (checked before it is written)
+                staged = apply_fn(rows, mix, torch.empty_like(rows))
+                if not fits:
+                    _check_representable(staged, x.dtype)
+                out.copy_(staged.view(x.shape))
     return out
 
 

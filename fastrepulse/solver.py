@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fastrepulse.forces import collinear, force_matrix, rbf_bandwidth, ties
+from fastrepulse.forces import force_matrix, rbf_bandwidth, step_sizes, ties
 
 _COMPILED: Callable[..., np.ndarray] | None | bool = False
 """`fastrepulse.compiled_solver.solve_compiled` once imported, None where numba does not import, False before
@@ -64,9 +64,7 @@ def solve_numpy(gram: torch.Tensor, *, scale: float, iterations: int, objective:
     bandwidth = rbf_bandwidth(state) if kernel == "rbf" else None
     tie = ties(state)
     eye = np.eye(state.shape[-1])
-    step = np.full(state.shape[:-2] + (1, 1), scale / iterations)
-    if kernel == "cosine":
-        step[collinear(state)] = 0.0
+    step = step_sizes(state, scale, iterations, kernel)
     mixing = np.broadcast_to(eye, state.shape)
     for _ in range(iterations):
         force = force_matrix(state, objective, kernel, bandwidth)

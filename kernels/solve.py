@@ -115,6 +115,7 @@ def _solve_kernel(
     b_tie = b_tie.to(tl.float64)
     for _ in range(TIE_ROUNDS):  # transitive closure: paths of length up to B
         b_tie = tl.where(_matmul(b_tie, b_tie) > 0.0, 1.0, 0.0).to(tl.float64)
+    tied = tl.sum(tl.sum(tl.where(o_row != o_col, b_tie, 0.0), axis=1), axis=0) > 0.0
     b_tie = b_tie / tl.where(o_row < B, tl.sum(b_tie, axis=1)[:, None], 1.0)
     if COSINE:  # samples on one line through 0: every tangent force is 0
         cosine = tl.abs(b_gram) / tl.sqrt(tl.where(m_in, sq_norm_row * sq_norm_col, 1.0))
@@ -160,7 +161,10 @@ def _solve_kernel(
             b_force = b_objective * b_kernel / bandwidth
             b_force -= tl.where(m_diag, tl.sum(b_force, axis=1)[:, None], 0.0)
             b_force *= 4.0
-        b_transform = eye + step * _matmul(_matmul(b_tie, tl.where(m_in, b_force, 0.0)), b_tie)
+        b_force = tl.where(m_in, b_force, 0.0)
+        if tied:  # only where two samples are identical: two more [B, B, B] products per step
+            b_force = _matmul(_matmul(b_tie, b_force), b_tie)
+        b_transform = eye + step * b_force
         b_mixing = _matmul(b_transform, b_mixing)
         b_gram = _matmul(_matmul(b_transform, b_gram), b_transform)
         # G is symmetric, its computed update not quite; the steps amplify that skew part in the near-null
