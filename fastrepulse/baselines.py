@@ -10,35 +10,33 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastrepulse.config import RepulsionConfig
 from fastrepulse.repulsion import repel
 
 
-def cads_gamma(t: float, tau1: float, tau2: float) -> float:
-    """CADS signal weight at diffusion time t in [0, 1] (1 = pure noise)."""
-    return min(1.0, max(0.0, (tau2 - t) / (tau2 - tau1)))
+def cads_gamma(t: torch.Tensor, tau1: float, tau2: float) -> torch.Tensor:
+    """CADS signal weight at diffusion time t in [0, 1] (1 = pure noise), float64 on t's device."""
+    return ((tau2 - t.to(torch.float64)) / (tau2 - tau1)).clamp(0.0, 1.0)
 
 
 def cads_condition(
-    condition: torch.Tensor, t: float, config: RepulsionConfig, generator: torch.Generator
+    condition: torch.Tensor, t: torch.Tensor, config: RepulsionConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """The CADS-corrupted conditioning [N, ...] at time t: noise from `generator`, per-sample rescale, psi mix."""
+    """The CADS-corrupted conditioning [N, ...] at time t (a 0-d tensor, read on its device: no host sync on a
+    GPU): noise from `generator`, per-sample rescale, psi mix; `condition` itself, bit for bit, where gamma is 1."""
     gamma = cads_gamma(t, config.cads_tau1, config.cads_tau2)
-    if gamma == 1.0:
-        return condition
     noise = torch.randn(condition.shape, generator=generator, device=condition.device, dtype=torch.float32)
     clean = condition.float()
-    noisy = math.sqrt(gamma) * clean + config.scale * math.sqrt(1.0 - gamma) * noise
+    signal, spread = gamma.sqrt().float(), (config.scale * (1.0 - gamma).sqrt()).float()
+    noisy = signal * clean + spread * noise
     if config.cads_rescale:
         dims = tuple(range(1, clean.dim()))
         rescaled = (noisy - noisy.mean(dims, keepdim=True)) / noisy.std(dims, keepdim=True)
         rescaled = rescaled * clean.std(dims, keepdim=True) + clean.mean(dims, keepdim=True)
         noisy = config.cads_psi * rescaled + (1.0 - config.cads_psi) * noisy
-    return noisy.to(condition.dtype)
+    return torch.where(gamma == 1.0, condition, noisy.to(condition.dtype))
 
 
 def particle_guidance(

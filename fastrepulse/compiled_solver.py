@@ -35,6 +35,13 @@ import numpy as np
 import scipy.linalg.cython_lapack  # noqa: F401  numba's np.linalg.eigh calls SciPy's LAPACK: without it, NumPy runs
 
 from fastrepulse.forces import EIGENVALUE_FLOOR, RANK_TOLERANCE
+from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, SOLVED
+
+JACOBI_MAX_GROUP = 16
+"""Groups up to this size get Vendi's eigendecomposition by warm-started Jacobi, faster than LAPACK there
+(bench/test_solver_speed.py); larger ones LAPACK's eigh."""
+JACOBI_SWEEPS = 30
+"""Jacobi sweeps per step at most, as the device solver's; LAPACK's eigh takes over where they do not suffice."""
 
 _VENDI, _ENERGY = 0, 1
 _COSINE, _RBF = 0, 1
@@ -42,13 +49,17 @@ OBJECTIVE_CODES = {"vendi": _VENDI, "energy": _ENERGY}
 KERNEL_CODES = {"cosine": _COSINE, "rbf": _RBF}
 
 
-def solve_compiled(gram: np.ndarray, scale: float, iterations: int, objective: str, kernel: str) -> np.ndarray:
+def solve_compiled(
+    gram: np.ndarray, scale: float, iterations: int, objective: str, kernel: str, limit: float = math.inf
+) -> tuple[np.ndarray, np.ndarray]:
     """``P - I`` [G, B, B] (float64) of `iterations` steps of size scale / iterations for float64 Gram
-    matrices [G, B, B]; the first call compiles (or loads the on-disk cache)."""
+    matrices [G, B, B], and a `fastrepulse.status` code per group [G] (int32; a failed group's P - I is 0;
+    MAY_OVERFLOW where the result's bound exceeds `limit`). The first call compiles (or loads the on-disk cache)."""
     state = np.ascontiguousarray(gram, dtype=np.float64)
     step, codes = float(scale) / iterations, (OBJECTIVE_CODES[objective], KERNEL_CODES[kernel])
-    # the constants travel as arguments: numba's cache is keyed by this file, not by forces.py
-    return _solve(state, step, int(iterations), *codes, RANK_TOLERANCE, EIGENVALUE_FLOOR)
+    # the constants travel as arguments: numba's cache is keyed by this file, not by forces.py or status.py
+    constants = (RANK_TOLERANCE, EIGENVALUE_FLOOR, SOLVED, NON_FINITE, BAD_SAMPLES, MAY_OVERFLOW)
+    return _solve(state, step, int(iterations), *codes, float(limit), JACOBI_MAX_GROUP, *constants)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -168,24 +179,85 @@ def _row_sum(row):
 
 
 @numba.njit(cache=True, nogil=True)
-def _objective_gradient(kernel_mat, objective, floor, out):
-    """`forces.objective_gradient` of one group into out [B, B]."""
+def _jacobi(kernel_mat, vectors, rotated, scratch, max_sweeps):
+    """Eigendecomposition of a symmetric kernel_mat by cyclic Jacobi, warm-started from `vectors` (the previous
+    step's eigenvectors, updated in place): eigenvalues on the diagonal of `rotated`. False if the off-diagonal
+    mass is not eps^2 of the total (LAPACK's backward error) after `max_sweeps` sweeps."""
     size = kernel_mat.shape[0]
+    np.dot(kernel_mat, vectors, scratch)
+    np.dot(vectors.T, scratch, rotated)
+    for sweep in range(max_sweeps + 1):
+        off = 0.0
+        total = 0.0
+        for i in range(size):
+            for j in range(size):
+                square = rotated[i, j] * rotated[i, j]
+                total += square
+                if i != j:
+                    off += square
+        if off <= 1e-32 * total:
+            return True
+        if sweep == max_sweeps:
+            return False
+        for p in range(size - 1):
+            for q in range(p + 1, size):
+                a_pq = rotated[p, q]
+                if a_pq == 0.0:
+                    continue
+                theta = (rotated[q, q] - rotated[p, p]) / (2.0 * a_pq)
+                t = (1.0 if theta >= 0.0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s = t * c
+                for k in range(size):
+                    a_kp, a_kq = rotated[k, p], rotated[k, q]
+                    rotated[k, p] = c * a_kp - s * a_kq
+                    rotated[k, q] = s * a_kp + c * a_kq
+                for k in range(size):
+                    a_pk, a_qk = rotated[p, k], rotated[q, k]
+                    rotated[p, k] = c * a_pk - s * a_qk
+                    rotated[q, k] = s * a_pk + c * a_qk
+                rotated[p, q] = 0.0  # zero up to rounding: set it (Rutishauser), as the device solver does
+                rotated[q, p] = 0.0
+                for k in range(size):
+                    v_kp, v_kq = vectors[k, p], vectors[k, q]
+                    vectors[k, p] = c * v_kp - s * v_kq
+                    vectors[k, q] = s * v_kp + c * v_kq
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scratch, jacobi_max):
+    """`forces.objective_gradient` of one group into out [B, B]; False (out untouched) for a non-finite K.
+
+    Vendi's eigendecomposition: warm-started Jacobi (`vectors`, kept between steps) for B <= jacobi_max, else, or
+    where Jacobi does not converge, LAPACK's eigh."""
+    size = kernel_mat.shape[0]
+    if not _finite(kernel_mat):  # a diverged state: eigh would raise on it
+        return False
     if objective == _VENDI:
-        eigenvalues, eigenvectors = np.linalg.eigh(kernel_mat)
         weight = np.empty(size)
-        for k in range(size):
-            weight[k] = math.log(max(eigenvalues[k], size * floor)) / -size
-        np.dot(eigenvectors * weight, eigenvectors.T, out)
+        if size <= jacobi_max and _jacobi(kernel_mat, vectors, rotated, scratch, JACOBI_SWEEPS):
+            for k in range(size):
+                weight[k] = math.log(max(rotated[k, k], size * floor)) / -size
+        else:
+            eigenvalues, eigenvectors = np.linalg.eigh(kernel_mat)
+            vectors[:, :] = eigenvectors
+            for k in range(size):
+                weight[k] = math.log(max(eigenvalues[k], size * floor)) / -size
+        np.dot(vectors * weight, vectors.T, out)
     else:
         for i in range(size):
             for j in range(size):
                 out[i, j] = 0.0 if i == j else -1.0
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _force(state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force):
-    """`forces.force_matrix` of one group into force [B, B] (distances, kernel_mat, dh_dk: scratch)."""
+def _force(
+    state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force, eigen, jacobi_max
+):
+    """`forces.force_matrix` of one group into force [B, B] (distances, kernel_mat, dh_dk: scratch); False where
+    the state has diverged."""
     size = state.shape[0]
     if kernel == _COSINE:
         products = np.empty(size)
@@ -197,7 +269,8 @@ def _force(state, objective, kernel, bandwidth, tolerance, floor, distances, ker
         for i in range(size):
             for j in range(size):
                 kernel_mat[i, j] = state[i, j] * (inv_norm[i] * inv_norm[j])
-        _objective_gradient(kernel_mat, objective, floor, dh_dk)
+        if not _objective_gradient(kernel_mat, objective, floor, dh_dk, *eigen, jacobi_max):
+            return False
         for i in range(size):
             for j in range(size):
                 force[i, j] = dh_dk[i, j] * (inv_norm[i] * inv_norm[j])
@@ -210,19 +283,73 @@ def _force(state, objective, kernel, bandwidth, tolerance, floor, distances, ker
         for i in range(size):
             for j in range(size):
                 kernel_mat[i, j] = math.exp(-distances[i, j] / bandwidth)
-        _objective_gradient(kernel_mat, objective, floor, dh_dk)
+        if not _objective_gradient(kernel_mat, objective, floor, dh_dk, *eigen, jacobi_max):
+            return False
         for i in range(size):
             for j in range(size):
                 force[i, j] = dh_dk[i, j] * kernel_mat[i, j] / bandwidth
             force[i, i] -= _row_sum(force[i])
             for j in range(size):
                 force[i, j] *= 4.0
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve(gram, step, iterations, objective, kernel, tolerance, floor):
+def _usable(gram, kernel):
+    """Whether a group's Gram matrix is finite, and under cosine has no zero sample."""
+    size = gram.shape[0]
+    for i in range(size):
+        if kernel == _COSINE and not gram[i, i] > 0.0:
+            return False
+        for j in range(size):
+            if not math.isfinite(gram[i, j]):
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _finite(matrix):
+    size = matrix.shape[0]
+    for i in range(size):
+        for j in range(size):
+            if not math.isfinite(matrix[i, j]):
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _result_bound(gram, mixing):
+    """max_i |x_i| + sum_j |D_ij| |x_j| (norms from the Gram diagonal, D = P - I): no element of x + D x is larger."""
+    size = gram.shape[0]
+    largest = 0.0
+    for i in range(size):
+        bound = math.sqrt(max(gram[i, i], 0.0))
+        for j in range(size):
+            delta = mixing[i, j] - (1.0 if i == j else 0.0)
+            bound += abs(delta) * math.sqrt(max(gram[j, j], 0.0))
+        largest = max(largest, bound)
+    return largest
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve(
+    gram,
+    step,
+    iterations,
+    objective,
+    kernel,
+    limit,
+    jacobi_max,
+    tolerance,
+    floor,
+    solved,
+    non_finite,
+    bad_samples,
+    may_overflow,
+):
     groups, size = gram.shape[0], gram.shape[1]
-    result = np.empty((groups, size, size))
+    result = np.zeros((groups, size, size))
+    status = np.full(groups, solved, dtype=np.int32)
     state = np.empty((size, size))
     mixing = np.empty((size, size))
     transform = np.empty((size, size))
@@ -232,18 +359,41 @@ def _solve(gram, step, iterations, objective, kernel, tolerance, floor):
     dh_dk = np.empty((size, size))
     force = np.empty((size, size))
     scratch = np.empty((size, size))
+    vectors = np.empty((size, size))
+    rotated = np.empty((size, size))
+    eigen_scratch = np.empty((size, size))
     for g in range(groups):
         # a Gram matrix summed in float32 need not be symmetric, and eigh reads one triangle: its symmetric part
         for i in range(size):
             for j in range(size):
                 state[i, j] = 0.5 * (gram[g, i, j] + gram[g, j, i])
                 mixing[i, j] = 1.0 if i == j else 0.0
+                vectors[i, j] = 1.0 if i == j else 0.0
+        if not _usable(state, kernel):
+            status[g] = bad_samples
+            continue
         _squared_distances(state, tolerance, distances)
         bandwidth = _bandwidth(distances) if kernel == _RBF else 0.0
         tied = _ties(distances, tie)
         group_step = 0.0 if kernel == _COSINE and _collinear(state, tolerance) else step
         for _ in range(iterations):
-            _force(state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force)
+            eigen_state = (vectors, rotated, eigen_scratch)
+            if not _force(
+                state,
+                objective,
+                kernel,
+                bandwidth,
+                tolerance,
+                floor,
+                distances,
+                kernel_mat,
+                dh_dk,
+                force,
+                eigen_state,
+                jacobi_max,
+            ):
+                status[g] = non_finite
+                break
             if tied:  # identical samples: the same force, to the bit
                 _matmul(tie, force, scratch)
                 _matmul(scratch, tie, force)
@@ -254,7 +404,13 @@ def _solve(gram, step, iterations, objective, kernel, tolerance, floor):
             mixing, scratch = scratch, mixing
             np.dot(transform, state, scratch)
             np.dot(scratch, transform, state)
+        if status[g] == solved and not _finite(mixing):
+            status[g] = non_finite
+        if status[g] != solved:
+            continue  # P - I stays 0: the group is left as it was
+        if _result_bound(gram[g], mixing) > limit:
+            status[g] = may_overflow
         for i in range(size):
             for j in range(size):
                 result[g, i, j] = mixing[i, j] - (1.0 if i == j else 0.0)
-    return result
+    return result, status

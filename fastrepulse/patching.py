@@ -7,13 +7,22 @@ What a patch changes, all on the pipeline instance and all kept on the handle fo
 - a forward pre-hook on the denoiser (the state of one transformer call; CADS noise) and, for
   "contextual", forward hooks on the selected blocks or their attention modules.
 
-Under ``torch.compile`` (diffusers' regional compilation compiles the transformer blocks, hooks included) the block
-and attention hooks are traced into the graphs: their bodies read only what is fixed for the handle's lifetime and
-pass the tensors to the custom op ``fastrepulse::repel_in_hook``, which Dynamo records without looking inside. So
-nothing breaks the graph, and the per-call state (step, group size, text length), read by the op at run time, never
-becomes a guard that would recompile per step. Dynamo does not notice hooks added to a module that had none, so
-`patch` drops the code it compiled for the denoiser's modules (`_drop_compiled_code`). Dynamo itself is imported at the
-first patch (`_register_with_dynamo`): importing it takes seconds, which `import fastrepulse` should not.
+Eagerly a hook calls the handle's `_repel` directly (one hooked block costs its Gram, solve and apply plus ~10 us
+of Python). Under ``torch.compile`` (diffusers' regional compilation compiles the transformer blocks, hooks included)
+the block and attention hooks are traced into the graphs: their bodies read only what is fixed for the handle's
+lifetime (nothing per block: all blocks of a kind share one hook function and one graph) and pass the tensors to the
+custom op ``fastrepulse::repel_in_hook``, which Dynamo records without looking inside. So nothing breaks the graph,
+and the per-call state (step, group size, text length, which block), read at run time, never becomes a guard that
+would recompile per step.
+
+In a pipeline a group that cannot be repelled in some block (its steps diverge, its tokens are not finite, the
+result would overflow) is left as it was there, the call completes, and one warning at its end names the blocks,
+steps and causes (`RepulsionHandle._report`). With ``solver="device"`` the per-block statuses stay on the device
+and are read in one transfer when the call ends: nothing inside the denoiser's forward waits for the GPU.
+
+Dynamo does not notice hooks added to a module that had none, so `patch` drops the code it compiled for the denoiser's
+modules (`_drop_compiled_code`). Dynamo itself is imported at the first patch (`_register_with_dynamo`): importing it
+takes seconds, which `import fastrepulse` should not.
 
 A patched pipeline copies and pickles as one (`copy.deepcopy`, `pickle`, `torch.save`): the hooks are bound methods of
 the handle and the handle refers to the pipeline, so the copy's hooks, on the copy's modules, report to the copy's
@@ -31,17 +40,19 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
 from fastrepulse.forces import Kernel, Objective
 from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, select_blocks
-from fastrepulse.repulsion import Backend, Solver, repel
+from fastrepulse.repulsion import Backend, Repulsion, Solver
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
+from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
 
@@ -112,20 +123,25 @@ def patched(pipe: Any, preset: str | RepulsionConfig | None = None, **options: A
 
 @dataclass
 class _CallState:
-    """One pipeline call: its group size and the sampler step it is at."""
+    """One pipeline call: its group size, the sampler step it is at, and the groups its blocks left unrepelled."""
 
     images_per_prompt: int
     step: int = 0
     generator: torch.Generator | None = None  # CADS noise, seeded at the call's first draw
+    statuses: list[tuple[int, int, np.ndarray | torch.Tensor]] = field(default_factory=list)
+    """(block, step, per-group status) of blocks where some group failed; the device solver's statuses of every
+    block, still on the device: read once when the call ends (`RepulsionHandle._report`)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _ForwardState:
     """One denoiser call inside a repelled step."""
 
     batch: int
     text_tokens: int
     group_size: int
+    step: int
+    hooks_run: int = 0  # block hooks met so far in this call: the position, in forward order, of the next one
 
 
 class RepulsionHandle:
@@ -136,8 +152,12 @@ class RepulsionHandle:
         self.pipe = pipe
         self.config = config
         self.denoiser = denoiser
+        self._repulsion = Repulsion(
+            config.scale, config.iterations, config.objective, config.kernel, config.backend, config.solver
+        )
         self._warned_single_groups = False
         self._start()
+        self._block_indices = tuple(block.index for block in blocks)
         self._hooks = [denoiser.module.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)]
         for block in blocks:
             if config.site == "attention":
@@ -200,6 +220,7 @@ class RepulsionHandle:
                 self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
             self._call = _CallState(images_per_prompt)
             yield
+            self._report(self._call.statuses)
         finally:
             self._call = None
             self._forward = None
@@ -224,54 +245,87 @@ class RepulsionHandle:
         call = self._call
         if call is None or self.config.method == "particle" or not self.config.touches_step(call.step):
             return None
-        bound = _signature(type(module).forward).bind(module, *args, **kwargs)
-        text = bound.arguments["encoder_hidden_states"]
+        needed = ("hidden_states", "encoder_hidden_states") if self.config.method == "contextual" else _CADS_ARGUMENTS
+        if all(name in kwargs for name in needed):  # how diffusers' transformer pipelines call: no binding needed
+            arguments = kwargs
+        else:
+            arguments = _signature(type(module).forward).bind(module, *args, **kwargs).arguments
+        text = arguments["encoder_hidden_states"]
         if self.config.method == "contextual":
-            batch = bound.arguments.get("hidden_states", text).shape[0]
-            self._forward = _ForwardState(batch, text.shape[1], self._group_size(batch))
+            batch = arguments.get("hidden_states", text).shape[0]
+            self._forward = _ForwardState(batch, text.shape[1], self._group_size(batch), call.step)
             return None
         if call.generator is None:
             call.generator = torch.Generator(device=text.device).manual_seed(self.config.seed)
-        t = float(torch.as_tensor(bound.arguments["timestep"]).flatten()[0]) / self.denoiser.timestep_scale
-        bound.arguments["encoder_hidden_states"] = cads_condition(text, t, self.config, call.generator)
+        timestep = torch.as_tensor(arguments["timestep"]).flatten()[0]
+        t = timestep.to(torch.float64) / self.denoiser.timestep_scale  # on the timestep's device: no host sync
+        noisy = cads_condition(text, t, self.config, call.generator)
+        if arguments is kwargs:
+            return args, {**kwargs, "encoder_hidden_states": noisy}
+        bound = _signature(type(module).forward).bind(module, *args, **kwargs)
+        bound.arguments["encoder_hidden_states"] = noisy
         return bound.args[1:], bound.kwargs
 
     def _after_attention(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
         if kind.attention_text is not None:
-            _repel_in_hook([output[kind.attention_text]], self._key, text_prefix=False)
+            _run_hook(self, [output[kind.attention_text]], text_prefix=False)
         else:
-            _repel_in_hook([output], self._key, text_prefix=self.config.single_stream_tokens == "text")
+            _run_hook(self, [output], text_prefix=self.config.single_stream_tokens == "text")
         return None
 
     def _after_block(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
         parts = [output[kind.block_text]]
         if kind.name == "single" and self.config.single_stream_tokens == "all":
             parts.append(output[1 - kind.block_text])
-        _repel_in_hook(parts, self._key, text_prefix=False)
+        _run_hook(self, parts, text_prefix=False)
         return None
 
-    def _repel(self, *parts: torch.Tensor) -> None:
-        """Repel the samples made of `parts` (concatenated per sample), writing the result back into them."""
+    def _repel(self, parts: list[torch.Tensor], text_prefix: bool) -> None:
+        """Repel the samples made of `parts` (one vector per sample across the parts) in place, if inside a
+        repelled step; a group that cannot be repelled is left as it was and reported when the call ends."""
         forward = self._forward
+        if forward is None:
+            return  # outside a repelled step
+        # the hooks run in forward order, once per hooked block: which block this is, without a per-block constant
+        # in the hooks (compiled blocks would then each get a graph of their own)
+        block = self._block_indices[forward.hooks_run % len(self._block_indices)]
+        forward.hooks_run += 1
+        if text_prefix:
+            parts = [parts[0][:, : forward.text_tokens]]
         if parts[0].shape[0] != forward.batch or forward.group_size == 1:
             return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
-        config = self.config
-        options = {
-            "scale": config.scale,
-            "iterations": config.iterations,
-            "group_size": forward.group_size,
-            "objective": config.objective,
-            "kernel": config.kernel,
-            "backend": config.backend,
-            "solver": config.solver,
-        }
-        if len(parts) == 1:
-            repel(parts[0], out=parts[0], **options)
+        status = self._repulsion.run(parts, parts, forward.group_size, strict=False)
+        if isinstance(status, torch.Tensor) or (status != SOLVED).any():
+            self._call.statuses.append((block, forward.step, status))
+
+    def _report(self, statuses: list[tuple[int, int, np.ndarray | torch.Tensor]]) -> None:
+        """One warning for a call in which some groups were left unrepelled, naming the blocks, steps and causes."""
+        on_device = [status for _, _, status in statuses if isinstance(status, torch.Tensor)]
+        if on_device:  # the device solver's statuses of the whole call, read in one transfer
+            values = iter(torch.cat(on_device).cpu().numpy().reshape(-1))
+            sizes = [status.numel() if isinstance(status, torch.Tensor) else 0 for _, _, status in statuses]
+            statuses = [
+                (block, step, status if not size else np.fromiter(values, np.int32, size))
+                for (block, step, status), size in zip(statuses, sizes, strict=True)
+            ]
+        failed: dict[int, dict[int, list[int]]] = {}  # cause -> block -> steps
+        for block, step, status in statuses:
+            for cause in sorted(set(status.tolist()) - {SOLVED}):
+                failed.setdefault(cause, {}).setdefault(block, []).append(step)
+        if not failed:
             return
-        joined = torch.cat([part.flatten(1) for part in parts], dim=1)
-        repel(joined, out=joined, **options)
-        for part, update in zip(parts, joined.split([part[0].numel() for part in parts], dim=1), strict=True):
-            part.copy_(update.view(part.shape))
+        lines = []
+        for cause, blocks in sorted(failed.items()):
+            where = "; ".join(
+                f"block {block} at step(s) {sorted(set(steps))}" for block, steps in sorted(blocks.items())
+            )
+            lines.append(f"{_CAUSES[cause]}: {where}")
+        warnings.warn(
+            "fastrepulse: some groups were left unrepelled in some blocks (their samples are as without repulsion "
+            "there; the call completed): " + " | ".join(lines),
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _group_size(self, batch: int) -> int:
         size = self.config.group_size
@@ -292,21 +346,34 @@ class RepulsionHandle:
         return size
 
 
+_CADS_ARGUMENTS = ("encoder_hidden_states", "timestep")
+_CAUSES = {
+    NON_FINITE: "the steps diverged (lower scale or raise iterations)",
+    NOT_CONVERGED: "the device solver's eigendecomposition did not converge (use solver='host')",
+    BAD_SAMPLES: "the text tokens held NaN or Inf (or a zero sample under the cosine kernel)",
+    MAY_OVERFLOW: "the result would exceed the range of the activations' dtype (lower scale)",
+}
+
+
+def _run_hook(handle: RepulsionHandle, parts: list[torch.Tensor], text_prefix: bool) -> None:
+    """A hook's work: eagerly a plain call; while Dynamo traces a compiled block, the custom op, which it records
+    without looking inside (the per-call state read at run time never becomes a guard)."""
+    if torch.compiler.is_compiling():
+        torch.ops.fastrepulse.repel_in_hook(parts, handle._key, text_prefix)
+    else:
+        handle._repel(parts, text_prefix)
+
+
 @torch.library.custom_op("fastrepulse::repel_in_hook", mutates_args=("parts",))
 def _repel_in_hook(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
-    """A hook's work at run time: repel `parts` in place if handle `key` is inside a repelled step, else nothing.
+    """`RepulsionHandle._repel` of handle `key`, as an op: compiled blocks call it without a graph break.
 
-    An op, so that compiled blocks call it without a graph break and without tracing the per-call state it reads.
     `text_prefix`: repel only the text tokens that lead ``parts[0]`` (a Flux single-stream sequence), as many as
     the current denoiser call has.
     """
     handle = _HANDLES.get(key)
-    forward = None if handle is None else handle._forward
-    if forward is None:
-        return  # outside a repelled step (or a handle already removed)
-    if text_prefix:
-        parts = [parts[0][:, : forward.text_tokens]]
-    handle._repel(*parts)
+    if handle is not None:  # else a handle already removed
+        handle._repel(parts, text_prefix)
 
 
 @_repel_in_hook.register_fake
@@ -320,14 +387,16 @@ def _register_with_dynamo() -> None:
 
     The denoiser's pre-hook reads and sets the per-call state, so it runs eagerly, outside any graph. A block or
     attention hook on a compiled module itself (Flux blocks under regional compilation) is called as a frame of its
-    own, which Dynamo would compile into a graph of just the op: such frames run eagerly, while compiled callers still
-    trace the hooks inlined.
+    own, which Dynamo would compile into a graph of just the op: such frames run eagerly, with everything they call
+    (`_run_hook`), while compiled callers still trace the hooks inlined and record the op.
     """
-    from torch._dynamo.eval_frame import skip_code
+    from torch._dynamo.eval_frame import FrameAction, FrameExecStrategy, set_code_exec_strategy, skip_code
 
     RepulsionHandle._before_denoiser = torch.compiler.disable(RepulsionHandle._before_denoiser)
     skip_code(RepulsionHandle._after_attention.__code__)
     skip_code(RepulsionHandle._after_block.__code__)
+    # and everything an eager hook calls (the repulsion itself), which Dynamo would otherwise try to compile
+    set_code_exec_strategy(_run_hook.__code__, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
 
 
 def _new_handle() -> RepulsionHandle:

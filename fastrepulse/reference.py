@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fastrepulse.forces import force_matrix, rbf_bandwidth, step_sizes, ties
+from fastrepulse.status import SOLVED
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -26,12 +27,22 @@ def gram_torch(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.bmm(rows, rows.mT)
 
 
-def apply_torch(x: torch.Tensor, mix: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = x + mix @ x per group, for x, out [N, L] and mix = P - I [N / B, B, B]; out may be x."""
+def apply_torch(
+    x: torch.Tensor, mix: torch.Tensor, out: torch.Tensor, status: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out = x + mix @ x per group, for x, out [N, L] (any row strides) and mix = P - I [N / B, B, B]; out may be x.
+
+    Groups whose `status` [N / B] (`fastrepulse.status`, on x's device) is not SOLVED are written as x, bit for bit.
+    """
     num_groups, group_size, _ = mix.shape
-    rows = x.view(num_groups, group_size, -1).to(accumulation_dtype(x.dtype))
+    grouped = x.view(num_groups, group_size, -1)
+    rows = grouped.to(accumulation_dtype(x.dtype))
     update = torch.baddbmm(rows, mix.to(device=x.device, dtype=rows.dtype), rows)
-    out.view(num_groups, group_size, -1).copy_(update)
+    if status is None:
+        out.view(num_groups, group_size, -1).copy_(update)
+    else:
+        solved = (status == SOLVED).view(num_groups, 1, 1)
+        out.view(num_groups, group_size, -1).copy_(torch.where(solved, update.to(x.dtype), grouped))
     return out
 
 

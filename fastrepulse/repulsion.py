@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
-from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective, rbf_bandwidth
+from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
 from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
 from fastrepulse.reference import apply_torch, gram_torch, repel_literal
-from fastrepulse.solver import solve
+from fastrepulse.solver import solve_groups
+from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 
 Backend = Literal["auto", "triton", "torch", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "reference")
@@ -22,7 +25,7 @@ FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
 def repel(
-    x: torch.Tensor,
+    x: torch.Tensor | Sequence[torch.Tensor],
     *,
     scale: float,
     iterations: int = 50,
@@ -31,8 +34,8 @@ def repel(
     kernel: Kernel = "cosine",
     backend: Backend = "auto",
     solver: Solver = "host",
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+    out: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
     """Push the samples of each group apart: `iterations` gradient-ascent steps on a diversity objective.
 
     Each sample ``x[i]`` is flattened to a vector c_i; samples form contiguous groups of `group_size`.
@@ -41,7 +44,10 @@ def repel(
     all steps on B x B matrices in float64, then ``x + (P - I) x``. See `fastrepulse.forces` for H.
 
     Args:
-        x: samples [B, ...] in bfloat16, float16, float32 or float64; any strides.
+        x: samples [B, ...] in bfloat16, float16, float32 or float64; any strides. Or a list of parts of the
+            same samples ([B, ...] each, one dtype and device): sample i is then the concatenation of every
+            part's ``[i]`` (e.g. the text and the image tokens of a joint sequence), one P is computed from the
+            sum of the parts' Gram matrices and applied to each part, with no concatenated copy.
         scale: total step size (the paper's eta), >= 0. Cosine forces scale like 1/|c|, so useful
             values grow with the samples' norm (the paper uses 5e2 .. 8e9).
         iterations: number of ascent steps (the paper's M), >= 0.
@@ -51,13 +57,16 @@ def repel(
         backend: "triton" (fused kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
             "torch" (same algorithm, eager, any device), "reference" (the paper's literal loop,
             2 x iterations passes) or "auto" (triton for CUDA tensors when Triton imports, else torch).
-        solver: where the B x B steps run for backends triton and torch: "host" (float64 NumPy) or
+        solver: where the B x B steps run for backends triton and torch: "host" (float64, numba-compiled) or
             "device" (one Triton program per group, float64, groups of at most 16; needs Triton like
             backend="triton"). Both compute the same steps; "device" avoids the round trip to the host.
-        out: where to write the result, same shape, dtype and device as x; may be x itself.
+        out: where to write the result, same shape, dtype and device as x (a list like x for a list); may be x
+            itself. A strided view (a slice of a bigger tensor) is written in place where its last dimension has
+            unit stride.
 
     Returns:
-        The repelled samples, shape, dtype and device of x (`out` when given). Not differentiable.
+        The repelled samples, shape, dtype and device of x (`out` when given; a list for a list). Not
+        differentiable.
 
     Raises:
         ValueError: non-finite samples, a zero sample under the cosine kernel, a group size that does
@@ -72,64 +81,157 @@ def repel(
         >>> y.shape
         torch.Size([4, 16, 8])
     """
-    group_size = _check_arguments(x, scale, iterations, group_size, objective, kernel, backend, solver, out)
-    backend = _resolve_backend(backend, x)
-    if solver == "device" and backend != "reference":
-        _check_triton(x, "solver='device'", "solver='host'")
-    num_samples = x.shape[0]
+    single = isinstance(x, torch.Tensor)
+    parts = [x] if single else list(x)
+    outs = None if out is None else [out] if isinstance(out, torch.Tensor) and single else list(out)
+    group_size = _check_arguments(parts, scale, iterations, group_size, objective, kernel, backend, solver, outs)
+    repulsion = Repulsion(scale, iterations, objective, kernel, backend, solver)
+    resolved = repulsion.backend_for(parts[0])
     with torch.no_grad():
-        if scale == 0 or iterations == 0 or group_size == 1 or x.numel() == 0:
-            return x.clone() if out is None else _write(out, x)
-        rows = x.reshape(num_samples, -1)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
-        check = _gram_checker(kernel)
-        if backend == "reference":
-            update = _finite_steps(
-                lambda: repel_literal(
-                    rows,
-                    group_size,
-                    scale=scale,
-                    iterations=iterations,
-                    objective=objective,
-                    kernel=kernel,
-                    check_gram=check,
-                ),
-                scale,
-                iterations,
-            ).view(x.shape)
-            result = update.to(x.dtype)
-            _check_representable(result, x.dtype)
-            return result if out is None else _write(out, result)
+        if scale == 0 or iterations == 0 or group_size == 1 or sum(part.numel() for part in parts) == 0:
+            results = [part.clone() for part in parts] if outs is None else list(map(_write, outs, parts))
+        elif resolved == "reference":
+            results = _repel_literal(parts, outs, group_size, repulsion)
+        else:
+            if outs is None:
+                outs = [torch.empty_like(part, memory_format=torch.contiguous_format) for part in parts]
+            repulsion.run(parts, outs, group_size, strict=True)
+            results = outs
+    return results[0] if single else results
 
+
+@dataclass(frozen=True)
+class Repulsion:
+    """The options of `repel`, checked once: what a pipeline's hooks run for every block (`run`).
+
+    `run` is `repel` on already-checked tensors. With ``strict=False`` (inside a pipeline) a group that cannot be
+    repelled (its steps diverge, its samples are not finite, its result would overflow) is left as it was and
+    reported in the returned status instead of raising, and the device solver's path never waits for the GPU.
+    """
+
+    scale: float
+    iterations: int
+    objective: str
+    kernel: str
+    backend: str
+    solver: str
+
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The backend that runs for samples like x ("auto" resolved; "triton", and "device" solver, checked)."""
+        backend = _resolve_backend(self.backend, x)
+        if self.solver == "device" and backend != "reference":
+            _check_triton(x, "solver='device'", "solver='host'")
+        return backend
+
+    def run(
+        self, parts: list[torch.Tensor], outs: list[torch.Tensor], group_size: int, *, strict: bool
+    ) -> np.ndarray | torch.Tensor:
+        """Repel the samples made of `parts` into `outs` (each may be its part); returns the `fastrepulse.status`
+        code of each group [G]: a NumPy array, or with the device solver and not `strict` an int32 tensor on the
+        device (not read here: no sync). Raises if `strict` and some group fails, before anything is written."""
+        backend = self.backend_for(parts[0])
+        dtype = parts[0].dtype
+        rows = [_rows(part) for part in parts]
         gram_fn, apply_fn = _passes(backend)
         with GRAM_RANGE:
-            gram = gram_fn(rows, group_size)
-            if backend == "triton" and x.dtype != torch.float64:
-                gram = _resolve_near_collinear(rows, gram, group_size)
-        with SOLVE_RANGE:
-            if solver == "device":
-                mix = _solve_on_device(gram, check, scale, iterations, objective, kernel)
+            if backend == "triton" and self.solver == "device" and not strict:
+                # the Gram kernel's per-program partial sums, added up by the solve kernel: one launch fewer
+                from fastrepulse.kernels import gram_partials
+
+                gram = torch.cat([gram_partials(part_rows, group_size) for part_rows in rows], dim=1)
             else:
-                gram = gram.cpu()
-                check(gram)
-                mix = _finite_steps(
-                    lambda: solve(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel),
-                    scale,
-                    iterations,
-                )
+                gram = gram_fn(rows[0], group_size)
+                for more in rows[1:]:
+                    gram = gram + gram_fn(more, group_size)
+                if backend == "triton" and dtype != torch.float64:
+                    gram = _resolve_near_collinear(rows, gram, group_size)
+        with SOLVE_RANGE:
+            if self.solver == "device":
+                mix, status = self._solve_on_device(gram, dtype, strict)
+            else:
+                mix, status = self._solve_on_host(gram, dtype, strict)
         with APPLY_RANGE:
-            fits = _fits(gram, mix, x.dtype)
-            if out is None:
-                out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            if fits and out.is_contiguous():
-                apply_fn(rows, mix, out.view(num_samples, -1))
-            else:  # staged: a strided out, or a result that may overflow x's dtype (checked before it is written)
-                staged = apply_fn(rows, mix, torch.empty_like(rows))
-                if not fits:
-                    _check_representable(staged, x.dtype)
-                out.copy_(staged.view(x.shape))
-    return out
+            skip = status
+            if isinstance(status, np.ndarray):  # from the host (or a strict device solve): settled here
+                if (status != SOLVED).any():
+                    mix, status = self._settle(rows, mix, status, group_size, apply_fn, strict)
+                skip = None if (status == SOLVED).all() else torch.from_numpy(status).to(parts[0].device)
+            for part_rows, out in zip(rows, outs, strict=True):
+                out_rows = _rows_view(out)
+                if out_rows is not None:
+                    apply_fn(part_rows, mix, out_rows, skip)
+                else:  # an out whose rows are not [B, L] views: written through a staged copy
+                    out.copy_(apply_fn(part_rows, mix, torch.empty_like(part_rows), skip).view(out.shape))
+        return status
+
+    def _solve_on_host(self, gram: torch.Tensor, dtype: torch.dtype, strict: bool) -> tuple[torch.Tensor, np.ndarray]:
+        state = gram.to(device="cpu", dtype=torch.float64).numpy()
+        options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
+        mix, status = solve_groups(state, **options, kernel=self.kernel, limit=torch.finfo(dtype).max)
+        if strict and (status != SOLVED).any():
+            if (status == BAD_SAMPLES).any():
+                _gram_checker(self.kernel)(gram.cpu())  # names the NaN/Inf or zero samples
+            if (status == NON_FINITE).any():
+                raise ValueError(_divergence(self.scale, self.iterations))
+        return torch.from_numpy(mix), status
+
+    def _solve_on_device(
+        self, gram: torch.Tensor, dtype: torch.dtype, strict: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | np.ndarray]:
+        """The device solver's P - I and status. Not strict: the status stays on the device. Strict: one sync reads
+        it, a failure is explained, and groups whose result may overflow `dtype` are marked MAY_OVERFLOW."""
+        from fastrepulse.kernels.solve import MAX_GROUP, MAX_SWEEPS, solve_on_device
+
+        if gram.shape[-1] > MAX_GROUP:
+            raise ValueError(
+                f"solver='device' takes groups of at most {MAX_GROUP} samples, got {gram.shape[-1]}; use solver='host'"
+            )
+        options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
+        mix, status = solve_on_device(gram, **options, kernel=self.kernel)
+        if not strict:
+            return mix, status
+        status = status.cpu().numpy()
+        if (status != SOLVED).any():
+            _gram_checker(self.kernel)(gram.cpu())  # names NaN/Inf or zero samples, if those are the cause
+            if not (status == NON_FINITE).any():
+                groups = np.flatnonzero(status == NOT_CONVERGED).tolist()
+                raise ValueError(
+                    f"the device solver's eigendecomposition did not converge in {MAX_SWEEPS} Jacobi sweeps for "
+                    f"group(s) {groups}; use solver='host'"
+                )
+            raise ValueError(_divergence(self.scale, self.iterations))
+        status[~_fits(gram, mix, dtype)] = MAY_OVERFLOW
+        return mix, status
+
+    def _settle(
+        self,
+        rows: list[torch.Tensor],
+        mix: torch.Tensor,
+        status: np.ndarray,
+        group_size: int,
+        apply_fn: Callable[..., torch.Tensor],
+        strict: bool,
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """The host solver's groups that may overflow x's dtype, applied into a staged copy and checked: those that
+        do are refused (strict) or left as they were (MAY_OVERFLOW kept), the others become SOLVED."""
+        risky = np.flatnonzero(status == MAY_OVERFLOW)
+        if risky.size == 0:
+            return mix, status
+        status = status.copy()
+        limit = torch.finfo(rows[0].dtype).max
+        for g in risky.tolist():
+            fits = True
+            for part_rows in rows:
+                group = part_rows[g * group_size : (g + 1) * group_size]
+                staged = apply_fn(group, mix[g : g + 1], torch.empty_like(group), None)
+                fits = fits and bool(torch.isfinite(staged).all()) and bool((staged.abs() <= limit).all())
+            if fits:
+                status[g] = SOLVED
+            elif strict:
+                raise ValueError(_overflow(rows[0].dtype))
+        mix = mix.clone()
+        mix[torch.from_numpy(status != SOLVED).to(mix.device)] = 0.0
+        return mix, status
 
 
 NEAR_COLLINEAR = 1e-6
@@ -137,7 +239,7 @@ NEAR_COLLINEAR = 1e-6
 again in float64, so that identical, collinear and nearly identical samples get their exact answers."""
 
 
-def _resolve_near_collinear(rows: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+def _resolve_near_collinear(rows: list[torch.Tensor], gram: torch.Tensor, group_size: int) -> torch.Tensor:
     """`gram` with the groups whose samples all lie within NEAR_COLLINEAR of one line summed again in float64
     (an extra pass over those groups only; one sync on a GPU)."""
     inv_norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny).rsqrt()
@@ -146,72 +248,67 @@ def _resolve_near_collinear(rows: torch.Tensor, gram: torch.Tensor, group_size: 
     if not bool(near.any()):
         return gram
     groups = near.nonzero().flatten()
-    grouped = rows.view(gram.shape[0], group_size, -1)[groups]
     resolved = gram.clone()
-    resolved[groups] = gram_torch(grouped.reshape(-1, grouped.shape[-1]), group_size).to(gram.device)
+    resolved[groups] = 0.0
+    for part_rows in rows:
+        grouped = part_rows.view(gram.shape[0], group_size, -1)[groups]
+        resolved[groups] += gram_torch(grouped.reshape(-1, grouped.shape[-1]), group_size).to(gram.device)
     return resolved
 
 
-def _fits(gram: torch.Tensor, mix: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether every element of x + (P - I) x surely fits in `dtype`: |x_il| + sum_j |D_ij| |x_jl| is at most
-    |x_i| + sum_j |D_ij| |x_j| (norms from the Gram diagonal), a B x B bound that needs no pass over x."""
+def _fits(gram: torch.Tensor, mix: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """Whether every element of each group's x + (P - I) x surely fits in `dtype` [G]: |x_il| + sum_j |D_ij| |x_jl|
+    is at most |x_i| + sum_j |D_ij| |x_j| (norms from the Gram diagonal), a B x B bound with no pass over x."""
     norms = gram.diagonal(dim1=-2, dim2=-1).to(mix).clamp_min(0).sqrt()
     bound = norms + (mix.abs() @ norms.unsqueeze(-1)).squeeze(-1)
-    return bool((bound <= torch.finfo(dtype).max).all())
+    return (bound <= torch.finfo(dtype).max).all(-1).cpu().numpy()
 
 
-def _check_representable(result: torch.Tensor, dtype: torch.dtype) -> None:
-    if not torch.isfinite(result).all():
-        raise ValueError(
-            f"the repelled samples exceed the range of {dtype} (largest {torch.finfo(dtype).max:g}): lower scale, "
-            "or repel a copy in a wider dtype"
-        )
+def _overflow(dtype: torch.dtype) -> str:
+    return (
+        f"the repelled samples exceed the range of {dtype} (largest {torch.finfo(dtype).max:g}): lower scale, "
+        "or repel a copy in a wider dtype"
+    )
 
 
-def _finite_steps(run: Callable[[], torch.Tensor], scale: float, iterations: int) -> torch.Tensor:
-    """run(), where a blown-up iteration (eigh failing on non-finite state, a non-finite result) is one clear error."""
+def _repel_literal(
+    parts: list[torch.Tensor], outs: list[torch.Tensor] | None, group_size: int, repulsion: Repulsion
+) -> list[torch.Tensor]:
+    """backend="reference": the paper's loop on the concatenated parts, checked before anything is written."""
+    num_samples, dtype = parts[0].shape[0], parts[0].dtype
+    rows = torch.cat([part.reshape(num_samples, -1) for part in parts], dim=1)
+    options = {"scale": repulsion.scale, "iterations": repulsion.iterations, "objective": repulsion.objective}
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            result = run()
+            update = repel_literal(
+                rows, group_size, **options, kernel=repulsion.kernel, check_gram=_gram_checker(repulsion.kernel)
+            )
     except np.linalg.LinAlgError as error:
-        raise ValueError(_divergence(scale, iterations)) from error
+        raise ValueError(_divergence(repulsion.scale, repulsion.iterations)) from error
+    if not torch.isfinite(update).all():
+        raise ValueError(_divergence(repulsion.scale, repulsion.iterations))
+    result = update.view(num_samples, -1).to(dtype)
     if not torch.isfinite(result).all():
-        raise ValueError(_divergence(scale, iterations))
-    return result
+        raise ValueError(_overflow(dtype))
+    pieces = result.split([part[0].numel() for part in parts], dim=1)
+    if outs is None:
+        return [piece.reshape(part.shape) for piece, part in zip(pieces, parts, strict=True)]
+    return [_write(out, piece.view(out.shape)) for out, piece in zip(outs, pieces, strict=True)]
 
 
-def _solve_on_device(
-    gram: torch.Tensor,
-    check: Callable[[torch.Tensor], None],
-    scale: float,
-    iterations: int,
-    objective: str,
-    kernel: str,
-) -> torch.Tensor:
-    """The device solver's P - I; one sync reads its per-group status, and a failure is explained."""
-    from fastrepulse.kernels.solve import MAX_GROUP, MAX_SWEEPS, NON_FINITE, NOT_CONVERGED, SOLVED, solve_on_device
+def _rows(part: torch.Tensor) -> torch.Tensor:
+    """The samples of `part` as rows [B, L] with unit stride along L: a view where the strides allow, else a copy."""
+    rows = _rows_view(part)
+    return rows if rows is not None else part.reshape(part.shape[0], -1).contiguous()
 
-    if gram.shape[-1] > MAX_GROUP:
-        raise ValueError(
-            f"solver='device' takes groups of at most {MAX_GROUP} samples, got {gram.shape[-1]}; use solver='host'"
-        )
-    bandwidth = None
-    if kernel == "rbf":  # the median rule, once from the input; a B x B copy to the host
-        bandwidth = torch.from_numpy(rbf_bandwidth(gram.cpu().numpy()).reshape(-1)).to(gram.device)
-    mix, status = solve_on_device(
-        gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel, bandwidth=bandwidth
-    )
-    status = status.cpu()
-    if bool((status == SOLVED).all()):
-        return mix
-    check(gram.cpu())  # names NaN/Inf or zero samples, if those are the cause
-    if not bool((status == NON_FINITE).any()):
-        groups = (status == NOT_CONVERGED).nonzero().flatten().tolist()
-        raise ValueError(
-            f"the device solver's eigendecomposition did not converge in {MAX_SWEEPS} Jacobi sweeps for group(s) "
-            f"{groups}; use solver='host'"
-        )
-    raise ValueError(_divergence(scale, iterations))
+
+def _rows_view(part: torch.Tensor) -> torch.Tensor | None:
+    """`part` as rows [B, L] with unit stride along L, as a view (written through, any row stride), or None."""
+    try:
+        rows = part.view(part.shape[0], -1)
+    except RuntimeError:
+        return None
+    return rows if rows.stride(-1) == 1 or rows.shape[-1] <= 1 else None
 
 
 def _divergence(scale: float, iterations: int) -> str:
@@ -222,10 +319,11 @@ def _divergence(scale: float, iterations: int) -> str:
 
 
 def _passes(backend: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """The Gram pass ``gram(rows, group_size)`` and the apply pass ``apply(rows, mix, out_rows, status)``."""
     if backend == "triton":
         from fastrepulse.kernels import apply_update, gram
 
-        return gram, apply_update
+        return gram, lambda rows, mix, out, status: apply_update(rows, mix, out, status=status)
     return gram_torch, apply_torch
 
 
@@ -252,7 +350,7 @@ def _gram_checker(kernel: str) -> Callable[[torch.Tensor], None]:
 
 
 def _check_arguments(
-    x: torch.Tensor,
+    parts: list[torch.Tensor],
     scale: float,
     iterations: int,
     group_size: int | None,
@@ -260,14 +358,26 @@ def _check_arguments(
     kernel: str,
     backend: str,
     solver: str,
-    out: torch.Tensor | None,
+    outs: list[torch.Tensor] | None,
 ) -> int:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be bfloat16, float16, float32 or float64, got {x.dtype}; convert it with x.float()")
-    if x.dim() < 1:
-        raise ValueError("x must have a leading sample dimension [B, ...], got a 0-d tensor")
+    if not parts:
+        raise ValueError("x must be a tensor or a non-empty list of tensors")
+    for x in parts:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor or a list of them, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"x must be bfloat16, float16, float32 or float64, got {x.dtype}; convert it with x.float()"
+            )
+        if x.dim() < 1:
+            raise ValueError("x must have a leading sample dimension [B, ...], got a 0-d tensor")
+    first = parts[0]
+    for x in parts[1:]:
+        if x.shape[0] != first.shape[0] or x.dtype != first.dtype or x.device != first.device:
+            raise ValueError(
+                "the parts of x must be parts of the same samples: one leading size, dtype and device, got "
+                f"{[(tuple(part.shape), part.dtype, str(part.device)) for part in parts]}"
+            )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -280,24 +390,27 @@ def _check_arguments(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    num_samples = x.shape[0]
+    num_samples = first.shape[0]
     if group_size is None:
         group_size = max(num_samples, 1)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if num_samples % group_size:
         raise ValueError(
-            f"group_size={group_size} does not divide the {num_samples} samples of x (shape {tuple(x.shape)}); "
+            f"group_size={group_size} does not divide the {num_samples} samples of x (shape {tuple(first.shape)}); "
             "pass a divisor of x.shape[0]"
         )
-    if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
-        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            raise TypeError(
-                f"out must match x: x is {tuple(x.shape)} {x.dtype} on {x.device}, "
-                f"out is {tuple(out.shape)} {out.dtype} on {out.device}"
-            )
+    if outs is not None:
+        if len(outs) != len(parts):
+            raise TypeError(f"out must be a list of {len(parts)} tensors like x, got {len(outs)}")
+        for x, out in zip(parts, outs, strict=True):
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+            if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+                raise TypeError(
+                    f"out must match x: x is {tuple(x.shape)} {x.dtype} on {x.device}, "
+                    f"out is {tuple(out.shape)} {out.dtype} on {out.device}"
+                )
     return group_size
 
 
@@ -319,6 +432,7 @@ def _check_triton(x: torch.Tensor, option: str, alternative: str) -> None:
         )
 
 
+@functools.cache
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -9,19 +9,21 @@ collinear groups under the cosine kernel are left alone: their exact answers (`f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from fastrepulse.forces import force_matrix, rbf_bandwidth, step_sizes, ties
+from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, SOLVED
 
-_COMPILED: Callable[..., np.ndarray] | None | bool = False
+_COMPILED: Callable[..., tuple[np.ndarray, np.ndarray]] | None | bool = False
 """`fastrepulse.compiled_solver.solve_compiled` once imported, None where numba does not import, False before
 the first solve: numba (0.3 s to import) is imported at the first solve, never at ``import fastrepulse``."""
 
 
-def compiled_loop() -> Callable[..., np.ndarray] | None:
+def compiled_loop() -> Callable[..., tuple[np.ndarray, np.ndarray]] | None:
     """The compiled solver, or None where numba is not installed or does not import (then NumPy runs)."""
     global _COMPILED
     if _COMPILED is False:
@@ -47,12 +49,64 @@ def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, 
 
     Returns:
         ``P - I``, float64 on the CPU: the update of the samples is ``(P - I) C0``.
+
+    Raises:
+        ValueError: some group's Gram matrix is not finite (or has a zero sample under cosine), or its steps
+            diverged; the message names the groups.
+    """
+    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    mix, status = solve_groups(state, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
+    failed = np.flatnonzero(status != SOLVED).tolist()
+    if failed:
+        raise ValueError(
+            f"the steps of group(s) {failed} did not stay finite (status {status[failed].tolist()}, "
+            "see fastrepulse.status): pass finite Gram matrices, and lower scale or raise iterations"
+        )
+    return torch.from_numpy(mix)
+
+
+def solve_groups(
+    gram: np.ndarray, *, scale: float, iterations: int, objective: str, kernel: str, limit: float = math.inf
+) -> tuple[np.ndarray, np.ndarray]:
+    """`solve` without raising: P - I [G, B, B] and a `fastrepulse.status` code per group [G] (int32).
+
+    A group whose Gram matrix is unusable (BAD_SAMPLES) or whose steps diverge (NON_FINITE) gets P - I = 0, so
+    applying it leaves the group as it was; MAY_OVERFLOW marks groups where x + (P - I) x may exceed `limit`.
     """
     compiled = compiled_loop()
-    if compiled is None:
-        return solve_numpy(gram, scale=scale, iterations=iterations, objective=objective, kernel=kernel)
-    state = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return torch.from_numpy(compiled(state, scale, iterations, objective, kernel))
+    if compiled is not None:
+        return compiled(gram, scale, iterations, objective, kernel, limit)
+    return _statuses(gram, scale, iterations, objective, kernel, limit)
+
+
+def _statuses(
+    gram: np.ndarray, scale: float, iterations: int, objective: str, kernel: str, limit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`solve_groups` by the NumPy reference: the usable groups solved together, a group alone if the batch fails."""
+    state = np.asarray(gram, dtype=np.float64)
+    diagonal = np.diagonal(state, axis1=-2, axis2=-1)
+    usable = np.isfinite(state).all(axis=(-2, -1)) & ((diagonal > 0).all(-1) if kernel == "cosine" else True)
+    status = np.where(usable, SOLVED, BAD_SAMPLES).astype(np.int32)
+    mix = np.zeros_like(state)
+    options = {"scale": scale, "iterations": iterations, "objective": objective, "kernel": kernel}
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mix[usable] = solve_numpy(torch.from_numpy(state[usable]), **options).numpy()
+    except np.linalg.LinAlgError:  # eigh on a diverged state: find which groups diverged
+        for g in np.flatnonzero(usable):
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mix[g] = solve_numpy(torch.from_numpy(state[g : g + 1]), **options).numpy()[0]
+            except np.linalg.LinAlgError:
+                mix[g] = np.nan
+    diverged = usable & ~np.isfinite(mix).all(axis=(-2, -1))
+    status[diverged] = NON_FINITE
+    mix[status != SOLVED] = 0.0
+    norms = np.sqrt(np.maximum(diagonal, 0.0))
+    with np.errstate(invalid="ignore"):
+        bound = (norms + (np.abs(mix) @ norms[..., None])[..., 0]).max(-1, initial=0.0)
+    status[(status == SOLVED) & (bound > limit)] = MAY_OVERFLOW
+    return mix, status
 
 
 def solve_numpy(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Pass 1: the grouped Gram kernel, G[g] = X[g] X[g]^T for every group g of a [N, L] matrix.
 
 L is split across many programs; each writes a partial [B, B] sum of its contiguous share of L, and
-the partials are added in float64 in a fixed order after the launch, so the same input always gives
-the same bits (no atomics). Tensor cores add into an accumulator with truncation, so the error grows
-with the chain of MMA steps into one accumulator: the tiling bounds every chain (see
-`tiling.MAX_CHAIN`); unbounded, a 1e8-element row lost 1e-3 of its norm on an H100.
+the partials are added in float64 in a fixed order after the launch (by `gram`, or inside the device
+solver, which takes them as they are), so the same input always gives the same bits (no atomics).
+Tensor cores add into an accumulator with truncation, so the error grows with the chain of MMA steps
+into one accumulator: the tiling bounds every chain (see `tiling.MAX_CHAIN`); unbounded, a 1e8-element
+row lost 1e-3 of its norm on an H100.
 """
 
 from __future__ import annotations
@@ -101,13 +102,23 @@ def _sliced_products(
     return tl.sum(b_acc, axis=0)
 
 
-def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
-    """Gram matrices [N / group_size, group_size, group_size] (float64) of the rows of x [N, L].
+def gram_partials(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
+    """The per-program partial Gram sums [N / group_size, S, group_size, group_size] of the rows of x [N, L].
 
-    x must have unit stride along L; rows are grouped contiguously. Accumulates in float32
-    (float64 for float64 x) inside a program and sums the per-program partials in float64.
+    Partial s is X[g] X[g]^T over the s-th of the S shares of L that `tiling` (default: `pick_tiling`)
+    cuts, accumulated in float32 (float64 for float64 x). Their sum over s is the Gram matrix; the device
+    solver takes them as they are and adds them itself, in float64 and in a fixed order. x must have unit
+    stride along L; rows are grouped contiguously.
+
+    >>> x = torch.randn(8, 300)
+    >>> gram_partials(x, 4).shape[::2]
+    torch.Size([2, 4])
     """
     num_rows, length = x.shape
+    if group_size < 1 or num_rows % group_size:
+        raise ValueError(f"group_size must divide the {num_rows} rows of x, got {group_size}")
+    if length > 1 and x.stride(1) != 1:
+        raise ValueError(f"x must have unit stride along L, got strides {x.stride()}")
     num_groups = num_rows // group_size
     tiling = tiling or pick_tiling(group_size, length, x.dtype, x.device)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -127,4 +138,14 @@ def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torc
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
     )
-    return partial.sum(dim=1, dtype=torch.float64)
+    return partial
+
+
+def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
+    """Gram matrices [N / group_size, group_size, group_size] (float64) of the rows of x [N, L].
+
+    x must have unit stride along L; rows are grouped contiguously. Accumulates in float32
+    (float64 for float64 x) inside a program and sums the per-program partials (`gram_partials`) in
+    float64.
+    """
+    return gram_partials(x, group_size, tiling).sum(dim=1, dtype=torch.float64)

@@ -2,6 +2,8 @@
 
 The same algorithm as `fastrepulse.solver.solve` (see `fastrepulse.forces` for the math), in float64,
 with no round trip to the host: one program per group keeps G, P and the eigenvectors in registers.
+It takes the Gram kernel's partial sums as they are (adding them is one launch fewer) and computes the
+rbf bandwidth itself, so nothing crosses to the host between the two passes over the tensor.
 The von Neumann entropy needs eigh(K) in every step; a cyclic Jacobi eigensolver does it, warm-started
 from the previous step's eigenvectors (K moves little per step, so one or two sweeps usually suffice).
 A per-group status says whether every number stayed finite and every eigendecomposition converged, so
@@ -10,17 +12,17 @@ the caller can raise without guessing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from fastrepulse.forces import EIGENVALUE_FLOOR, RANK_TOLERANCE
+from fastrepulse.status import NON_FINITE, NOT_CONVERGED, SOLVED
 
 MAX_SWEEPS = 30
 """Jacobi sweeps per eigendecomposition at most; from a warm start one or two are the rule."""
-
-SOLVED, NON_FINITE, NOT_CONVERGED = 0, 1, 2
-"""Per-group status codes: all steps done; a NaN or Inf in P - I; a Jacobi that ran out of sweeps."""
 
 MAX_GROUP = 16
 """Largest group the device solver takes: its [B, B, B] products live in registers (larger: the host)."""
@@ -72,17 +74,18 @@ def _rotate(a, v, p, q, o_row, o_col):
 @triton.jit
 def _solve_kernel(
     gram_ptr,
-    bandwidth_ptr,
-    step_ptr,
     mix_ptr,
     status_ptr,
+    step: tl.float64,
     iterations,
+    num_partials,
     B: tl.constexpr,
     BLOCK: tl.constexpr,
     VENDI: tl.constexpr,
     COSINE: tl.constexpr,
     FLOOR: tl.constexpr,
     RANK_TOLERANCE: tl.constexpr,
+    LOG_B: tl.constexpr,
     SWEEPS: tl.constexpr,
     TIE_ROUNDS: tl.constexpr,
     SOLVED_STATUS: tl.constexpr,
@@ -90,7 +93,8 @@ def _solve_kernel(
     NOT_CONVERGED_STATUS: tl.constexpr,
 ):
     """mix[g] = P - I after `iterations` steps T = I + step A W(G) A, P <- T P, G <- T G T (A averages over identical
-    samples; step 0 for collinear groups under cosine, as `fastrepulse.solver.solve`); status[g] a status code."""
+    samples; step 0 for collinear groups under cosine, as `fastrepulse.solver.solve`), from G = sum_s gram[g, s];
+    status[g] a status code."""
     i_g = tl.program_id(0)
     o_row = tl.arange(0, BLOCK)[:, None]
     o_col = tl.arange(0, BLOCK)[None, :]
@@ -98,27 +102,38 @@ def _solve_kernel(
     m_diag = (o_row == o_col) & m_in
     eye = tl.where(o_row == o_col, 1.0, 0.0).to(tl.float64)
     o_mat = i_g * B * B + o_row * B + o_col
-    # [BLOCK, BLOCK]
-    b_gram = tl.load(gram_ptr + o_mat, mask=m_in, other=0.0).to(tl.float64)
+    p_gram = gram_ptr + i_g * num_partials * B * B + o_row * B + o_col
+    # [BLOCK, BLOCK]: the Gram's partial sums added in float64, in order (the same bits on every run)
+    b_gram = tl.load(p_gram, mask=m_in, other=0.0).to(tl.float64)
+    for i_s in range(1, num_partials):
+        # [BLOCK, BLOCK]
+        b_gram += tl.load(p_gram + i_s * B * B, mask=m_in, other=0.0).to(tl.float64)
     # a Gram matrix summed in float32 by a BLAS need not be symmetric; Jacobi assumes it is (the host reads
     # one triangle), so both solvers start from the symmetric part
     b_gram = 0.5 * (b_gram + tl.trans(b_gram))
     # B * FLOOR as a float64 constant: a bare Python float would be rounded to float32 (by 4e-9 at B = 4)
     floor = tl.full([1, BLOCK], B * FLOOR, tl.float64)
     tolerance = tl.full([1, 1], RANK_TOLERANCE, tl.float64)
-    bandwidth = tl.load(bandwidth_ptr + i_g)
-    step = tl.load(step_ptr)  # float64: a Python float argument would arrive as float32
+    # a float64 scalar argument (annotated); the interpreter passes a Python float, which tl.where would
+    # round to float32: made a float64 tensor either way
+    step = tl.full([], step, tl.float64)
     sq_norm_row = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=1)[:, None]
     sq_norm_col = tl.sum(tl.where(m_diag, b_gram, 0.0), axis=0)[None, :]
+    b_distance = _distances(b_gram, sq_norm_row, sq_norm_col, tolerance)
+    if not COSINE:  # the median rule, once from the input
+        bandwidth = _median_bandwidth(b_distance, o_row, o_col, B, BLOCK, LOG_B)
     # identical samples (squared distance at rounding level) get the same force: W <- A W A, A averaging them
-    b_tie = tl.where((_distances(b_gram, sq_norm_row, sq_norm_col, tolerance) == 0.0) & m_in, 1.0, 0.0)
+    b_tie = tl.where((b_distance == 0.0) & m_in, 1.0, 0.0)
     b_tie = b_tie.to(tl.float64)
     for _ in range(TIE_ROUNDS):  # transitive closure: paths of length up to B
         b_tie = tl.where(_matmul(b_tie, b_tie) > 0.0, 1.0, 0.0).to(tl.float64)
     tied = tl.sum(tl.sum(tl.where(o_row != o_col, b_tie, 0.0), axis=1), axis=0) > 0.0
     b_tie = b_tie / tl.where(o_row < B, tl.sum(b_tie, axis=1)[:, None], 1.0)
     if COSINE:  # samples on one line through 0: every tangent force is 0
-        cosine = tl.abs(b_gram) / tl.sqrt(tl.where(m_in, sq_norm_row * sq_norm_col, 1.0))
+        # sqrt of each norm, not of their product, which underflows for tiny samples (|c|^2 < 1e-154)
+        cosine = tl.abs(b_gram) / (
+            tl.sqrt(tl.where(m_in, sq_norm_row, 1.0)) * tl.sqrt(tl.where(m_in, sq_norm_col, 1.0))
+        )
         off_line = tl.sum(tl.sum(tl.where(m_in & (cosine < 1.0 - tolerance), 1, 0), axis=1), axis=0)
         step = tl.where(off_line > 0, step, 0.0)
     b_mixing = eye
@@ -186,6 +201,33 @@ def _distances(gram, sq_norm_row, sq_norm_col, tolerance):
     return tl.where(distance > tolerance * scale, distance, 0.0)
 
 
+@triton.jit
+def _median_bandwidth(distance, o_row, o_col, B: tl.constexpr, BLOCK: tl.constexpr, LOG_B: tl.constexpr):
+    """h = median{d_ij : i < j} / log(B), inf where not > 0 (`fastrepulse.forces.rbf_bandwidth`; the median of an
+    even count is the mean of the middle two). Ranks by counting, for each pair, the pairs before it: smaller,
+    or equal and earlier (distinct ranks under ties); B - 1 rounds of [BLOCK, BLOCK, BLOCK] comparisons."""
+    PAIRS: tl.constexpr = B * (B - 1) // 2
+    m_pair = (o_row < o_col) & (o_col < B)
+    o_pair = o_row * BLOCK + o_col
+    o_l = tl.arange(0, BLOCK)
+    rank = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
+    for k in range(B - 1):  # the pairs (k, l), l > k, against every pair (i, j)
+        d_k = tl.sum(tl.where(o_row == k, distance, 0.0), axis=0)  # [BLOCK], indexed by l
+        earlier = (k * BLOCK + o_l)[None, None, :] < o_pair[:, :, None]
+        # [BLOCK, BLOCK, BLOCK]
+        before = (d_k[None, None, :] < distance[:, :, None]) | ((d_k[None, None, :] == distance[:, :, None]) & earlier)
+        m_k = ((o_l > k) & (o_l < B))[None, None, :]
+        rank += tl.sum(tl.where(m_k & before, 1, 0), axis=2)
+    low = tl.sum(tl.sum(tl.where(m_pair & (rank == (PAIRS - 1) // 2), distance, 0.0), axis=1), axis=0)
+    if PAIRS % 2 == 1:
+        median = low
+    else:
+        high = tl.sum(tl.sum(tl.where(m_pair & (rank == PAIRS // 2), distance, 0.0), axis=1), axis=0)
+        median = (low + high) * 0.5
+    bandwidth = median / tl.full([], LOG_B, tl.float64)  # log(B) as a float64 constant, not rounded to float32
+    return tl.where(bandwidth > 0.0, bandwidth, float("inf"))
+
+
 def solve_on_device(
     gram: torch.Tensor,
     *,
@@ -193,34 +235,61 @@ def solve_on_device(
     iterations: int,
     objective: str,
     kernel: str,
-    bandwidth: torch.Tensor | None = None,
     max_sweeps: int = MAX_SWEEPS,
+    out: torch.Tensor | None = None,
+    status: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixing matrices P - I [G, B, B] (float64, on gram's device) and a per-group status [G] (int32):
     SOLVED, NON_FINITE or NOT_CONVERGED (some eigendecomposition still off after `max_sweeps` sweeps).
 
-    Same contract as `fastrepulse.solver.solve` (rbf needs the groups' `bandwidth` [G]); no host sync.
+    Same contract as `fastrepulse.solver.solve`, rbf bandwidth included (computed in the kernel). `gram` is
+    either the Gram matrices [G, B, B] or their partial sums [G, S, B, B] (`kernels.gram_partials`), any
+    float dtype, which the kernel adds in float64 in a fixed order. No host sync and no host-to-device copy;
+    with `out` (float64 [G, B, B]) and `status` (int32 [G]) given, contiguous and on gram's device, nothing
+    is allocated either (a CUDA-graph-capturable call, for a contiguous gram).
+
+    >>> gram = torch.eye(3, dtype=torch.float64)[None]
+    >>> mix, status = solve_on_device(gram, scale=1.0, iterations=2, objective="vendi", kernel="cosine")
+    >>> status.tolist()
+    [0]
     """
-    num_groups, size, _ = gram.shape
+    if gram.dim() == 3:
+        gram = gram[:, None]
+    if gram.dim() != 4 or gram.shape[-1] != gram.shape[-2]:
+        raise ValueError(f"gram must be [G, B, B] or [G, S, B, B], got {tuple(gram.shape)}")
+    if not gram.is_floating_point():
+        raise TypeError(f"gram must be a float tensor, got {gram.dtype}")
+    num_groups, num_partials, size, _ = gram.shape
     if size > MAX_GROUP:
         raise ValueError(f"the device solver takes groups of at most {MAX_GROUP} samples, got {size}")
-    gram = gram.to(torch.float64).contiguous()
-    if bandwidth is None:
-        bandwidth = torch.ones(num_groups, dtype=torch.float64, device=gram.device)
-    mix = torch.empty_like(gram)
-    status = torch.empty(num_groups, dtype=torch.int32, device=gram.device)
+    out = _workspace("out", out, (num_groups, size, size), torch.float64, gram.device)
+    status = _workspace("status", status, (num_groups,), torch.int32, gram.device)
     _solve_kernel[(num_groups,)](
-        gram_ptr=gram,
-        bandwidth_ptr=bandwidth.to(torch.float64).contiguous(),
-        step_ptr=torch.tensor([scale / iterations], dtype=torch.float64, device=gram.device),
-        mix_ptr=mix,
+        gram_ptr=gram.contiguous(),
+        mix_ptr=out,
         status_ptr=status,
+        step=scale / iterations,
         iterations=iterations,
+        num_partials=num_partials,
         **solver_constants(size, objective, kernel, max_sweeps),
         num_warps=solver_warps(triton.next_power_of_2(size)),
         maxnreg=MAX_REGISTERS,
     )
-    return mix, status
+    return out, status
+
+
+def _workspace(
+    name: str, given: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """`given`, checked to be a contiguous `dtype` tensor of `shape` on `device`, or a new one."""
+    if given is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if given.shape != shape or given.dtype != dtype or given.device != device or not given.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous {dtype} tensor of shape {list(shape)} on {device}, got "
+            f"{given.dtype} {list(given.shape)} on {given.device}" + ("" if given.is_contiguous() else " (strided)")
+        )
+    return given
 
 
 def solver_constants(size: int, objective: str, kernel: str, max_sweeps: int = MAX_SWEEPS) -> dict[str, object]:
@@ -232,6 +301,7 @@ def solver_constants(size: int, objective: str, kernel: str, max_sweeps: int = M
         "COSINE": kernel == "cosine",
         "FLOOR": EIGENVALUE_FLOOR,
         "RANK_TOLERANCE": RANK_TOLERANCE,
+        "LOG_B": math.log(size),
         "SWEEPS": max_sweeps,
         "TIE_ROUNDS": max(size - 1, 1).bit_length(),
         "SOLVED_STATUS": SOLVED,

@@ -14,6 +14,7 @@ import torch
 
 from fastrepulse import solver
 from fastrepulse.forces import KERNELS, OBJECTIVES
+from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, SOLVED
 
 pytest.importorskip("numba")
 
@@ -109,15 +110,56 @@ def test_one_sample_groups():
         assert torch.equal(got, expected)
 
 
-def test_divergence_raises_like_numpy():
-    """A blown-up state makes eigh fail in both (np.linalg.LinAlgError, which `repel` turns into one error)."""
-    gram = fresh_grams(2, 4)
+def test_a_failed_group_is_reported_and_left_alone():
+    """Per-group status instead of an exception: a NaN group is BAD_SAMPLES, a diverging one NON_FINITE, both with
+    P - I = 0; the other groups are solved as if alone. `solve` raises, naming the groups. The NumPy fallback
+    reports the same."""
+    gram = fresh_grams(3, 4)
     gram[1, 0, 1] = gram[1, 1, 0] = float("nan")
-    options = {"scale": 5.0, "iterations": 4, "objective": "vendi", "kernel": "cosine"}
-    with pytest.raises(np.linalg.LinAlgError):
-        solver.solve_numpy(gram, **options)
-    with pytest.raises(np.linalg.LinAlgError):
+    options = {"scale": 20.0, "iterations": 10, "objective": "vendi", "kernel": "cosine"}
+    for solve_groups in (solver.solve_groups, lambda g, **o: solver._statuses(g, **o, limit=np.inf)):
+        mix, status = solve_groups(gram.numpy(), **options)
+        assert status.tolist() == [SOLVED, BAD_SAMPLES, SOLVED]
+        assert (mix[1] == 0).all()
+        alone = solver.solve_numpy(gram[[0, 2]], **options).numpy()
+        np.testing.assert_allclose(mix[[0, 2]], alone, rtol=0, atol=TOLERANCE * np.abs(alone).max())
+    with pytest.raises(ValueError, match=r"group\(s\) \[1\]"):
         solver.solve(gram, **options)
+    diverging = {**options, "scale": 1e300, "iterations": 5}
+    for solve_groups in (solver.solve_groups, lambda g, **o: solver._statuses(g, **o, limit=np.inf)):
+        mix, status = solve_groups(fresh_grams(2, 4).numpy(), **diverging)
+        assert status.tolist() == [NON_FINITE, NON_FINITE] and (mix == 0).all()
+
+
+def test_overflow_bound_marks_groups():
+    """MAY_OVERFLOW where |x_i| + sum_j |D_ij| |x_j| exceeds the limit (fp16's 65504 here), P - I kept."""
+    gram = fresh_grams(2, 4) * torch.tensor([1.0, 1e9], dtype=torch.float64)[:, None, None]
+    options = {"scale": 20.0, "iterations": 10, "objective": "vendi", "kernel": "cosine", "limit": 65504.0}
+    for solve_groups in (solver.solve_groups, lambda g, **o: solver._statuses(g, **o)):
+        mix, status = solve_groups(gram.numpy(), **options)
+        assert status.tolist() == [SOLVED, MAY_OVERFLOW] and np.abs(mix[1]).max() > 0
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 8, 16])
+def test_jacobi_and_lapack_eigendecompositions_agree(size):
+    """Groups up to JACOBI_MAX_GROUP use warm-started Jacobi: the same Vendi gradient as LAPACK's eigh to
+    rounding, on a kernel matrix with a near-degenerate pair of eigenvalues too; with no sweeps left (0) Jacobi
+    reports failure, which hands the step to LAPACK."""
+    compiled_solver = pytest.importorskip("fastrepulse.compiled_solver")
+    gram = fresh_grams(1, size)[0].numpy()
+    norms = np.sqrt(np.diag(gram))
+    kernel_mat = gram / np.outer(norms, norms)
+    for matrix in (kernel_mat, np.eye(size) + 1e-9 * kernel_mat):
+        outs = []
+        for jacobi_max in (size, 0):
+            out, vectors = np.empty((size, size)), np.eye(size)
+            scratch = (np.empty((size, size)), np.empty((size, size)))
+            assert compiled_solver._objective_gradient(matrix, 0, 1e-12, out, vectors, *scratch, jacobi_max)
+            outs.append(out)
+        # both are backward stable: eigenvalues exact to ~eps |K|, so log-eigenvalues to ~eps |K| absolute
+        np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=10 * np.finfo(np.float64).eps * size)
+    vectors = np.eye(size)
+    assert not compiled_solver._jacobi(kernel_mat, vectors, np.empty((size, size)), np.empty((size, size)), 0)
 
 
 def test_falls_back_to_numpy_without_numba(monkeypatch):

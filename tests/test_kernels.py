@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import triton
 from oracle import assert_correctly_rounded
 
-from fastrepulse.kernels import apply_update, gram, pick_tiling
+from fastrepulse.kernels import apply_update, gram, gram_partials, pick_apply_tiling, pick_tiling
+from fastrepulse.kernels.tiling import MAX_FMA_ROWS, MIN_DOT_ROWS, TILE_BYTES
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAM_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}
@@ -107,3 +109,72 @@ def test_tiling_covers_every_column_once(group_size, length):
     covered = tiling.splits * tiling.chunks_per_split * tiling.block_l
     assert tiling.block_b >= max(16, group_size) and tiling.block_l >= 16
     assert covered >= length > (tiling.splits - 1) * tiling.chunks_per_split * tiling.block_l
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", [(2, 3, 600), (4, 2, 333)], ids=shape_id)
+def test_gram_partials_are_the_gram_of_each_share_of_l(shape, dtype):
+    size, groups, length = shape
+    x = torch.randn(size * groups, length).to(dtype)
+    tiling = pick_tiling(size, length, dtype, x.device)
+    share = tiling.chunks_per_split * tiling.block_l
+
+    partials = gram_partials(x, size)
+
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert partials.dtype == acc_dtype and partials.shape == (groups, tiling.splits, size, size)
+    assert tiling.splits > 1, "the case should cut L"
+    assert torch.equal(gram(x, size), partials.sum(dim=1, dtype=torch.float64))
+    for s in range(tiling.splits):
+        expected = reference_gram(x[:, s * share : (s + 1) * share], size)
+        err = (partials[:, s].double() - expected).norm() / expected.norm()
+        assert err <= GRAM_TOLERANCE[dtype], f"{shape_id(shape)} {dtype} share {s}: relative error {err:.2e}"
+
+
+# Group sizes on both sides of MAX_FMA_ROWS; L spans several tiles and ends in a partial one.
+REAL_B_SIZES = [2, 3, 4, 5, 8, 16, 32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("size", REAL_B_SIZES, ids=[f"B{b}" for b in REAL_B_SIZES])
+def test_apply_tiles_of_the_real_group_size_match_float64(size, dtype):
+    tiling = pick_apply_tiling(size, 10**6, dtype)
+    groups, length = 2, 2 * tiling.block_l + 37
+    x = torch.randn(size * groups, length).to(dtype)
+    mix = 0.3 * torch.randn(groups, size, size, dtype=torch.float64)
+    out = torch.full_like(x, float("nan"))
+
+    apply_update(x, mix, out)
+
+    check_update(out, x, mix, f"B{size}-G{groups}-L{length} {dtype} {tiling}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("size", [3, 4, 16], ids=["B3", "B4", "B16"])
+def test_apply_writes_the_text_slice_of_a_joint_sequence_in_place(size, dtype):
+    """x = joint[:, :T].reshape(B, -1): rows of T * D elements with the row stride S * D of the joint [B, S, D]."""
+    tokens, text, dim = 9, 5, 48
+    joint = torch.randn(size, tokens, dim).to(dtype)
+    rows = joint[:, :text].reshape(size, -1)
+    assert rows.data_ptr() == joint.data_ptr() and rows.stride() == (tokens * dim, 1)
+    x = rows.clone()
+    image = joint[:, text:].clone()
+    mix = 0.3 * torch.randn(1, size, size, dtype=torch.float64)
+
+    apply_update(rows, mix, rows)
+
+    check_update(joint[:, :text].reshape(size, -1), x, mix, f"B{size} {dtype} text slice in place")
+    assert torch.equal(joint[:, text:], image), "the image tokens were written"
+    assert torch.equal(joint[:, :text].reshape(size, -1), apply_update(x, mix, torch.empty_like(x)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("group_size", [1, 2, 3, 5, 7, 9, 15, 16, 17, 33, 64])
+def test_apply_tiling_moves_a_tile_of_real_rows(group_size, dtype):
+    tiling = pick_apply_tiling(group_size, 10**7, dtype)
+    assert tiling.dot == (group_size > MAX_FMA_ROWS)
+    assert tiling.block_b == max(triton.next_power_of_2(group_size), MIN_DOT_ROWS if tiling.dot else 1)
+    if not tiling.dot:  # the power of 2 nearest to TILE_BYTES of real data; short rows: no wider than L
+        real_bytes = group_size * tiling.block_l * dtype.itemsize
+        assert TILE_BYTES / 2**0.5 <= real_bytes <= TILE_BYTES * 2**0.5, tiling
+        assert pick_apply_tiling(group_size, 7, dtype).block_l == 8

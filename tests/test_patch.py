@@ -14,7 +14,7 @@ from oracle import group_vendi
 from PIL import Image
 
 import fastrepulse
-import fastrepulse.patching as patching
+from fastrepulse.repulsion import Repulsion
 
 STEPS = 4
 PROMPTS = ["a red cat", "a blue dog"]
@@ -26,33 +26,38 @@ TEXT_TOKENS = 16
 
 @dataclass(frozen=True)
 class RepelCall:
-    """One call of `repel` made by a hook: what it saw and where the pipeline call was."""
+    """One repulsion run by a hook: what it saw and where the pipeline call was."""
 
-    shape: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]  # of the parts of the samples (text, or text and image tokens)
     group_size: int
     step: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.shapes[0]
 
 
 @pytest.fixture
 def repel_calls(monkeypatch: pytest.MonkeyPatch) -> list[RepelCall]:
-    """Record every repel call the hooks make (and still run it), with the step of the handle making it."""
+    """Record every repulsion the hooks run (and still run it), with the step of the handle running it."""
     calls: list[RepelCall] = []
     handles: list[fastrepulse.RepulsionHandle] = []
-    real_repel, real_method = patching.repel, fastrepulse.RepulsionHandle._repel
+    real_run, real_method = Repulsion.run, fastrepulse.RepulsionHandle._repel
 
-    def method(self: fastrepulse.RepulsionHandle, *parts: torch.Tensor) -> None:
+    def method(self: fastrepulse.RepulsionHandle, *args) -> None:
         handles.append(self)
         try:
-            real_method(self, *parts)
+            real_method(self, *args)
         finally:
             handles.pop()
 
-    def recording(x: torch.Tensor, **options) -> torch.Tensor:
-        calls.append(RepelCall(tuple(x.shape), options["group_size"], handles[-1]._call.step))
-        return real_repel(x, **options)
+    def recording(self: Repulsion, parts: list[torch.Tensor], outs: list[torch.Tensor], group_size: int, **options):
+        assert all(out is part for out, part in zip(outs, parts, strict=True)), "hooks repel in place"
+        calls.append(RepelCall(tuple(tuple(part.shape) for part in parts), group_size, handles[-1]._call.step))
+        return real_run(self, parts, outs, group_size, **options)
 
     monkeypatch.setattr(fastrepulse.RepulsionHandle, "_repel", method)
-    monkeypatch.setattr(patching, "repel", recording)
+    monkeypatch.setattr(Repulsion, "run", recording)
     return calls
 
 
@@ -225,10 +230,10 @@ IMAGE_TOKENS = (pipelines.HEIGHT // 4) * (pipelines.WIDTH // 4)  # VAE factor 2,
 @pytest.mark.parametrize(
     ("site", "tokens", "expected"),
     [
-        ("attention", "all", [(6, TEXT_TOKENS, 32)] * 2 + [(6, TEXT_TOKENS + IMAGE_TOKENS, 32)] * 2),
-        ("attention", "text", [(6, TEXT_TOKENS, 32)] * 4),
-        ("block", "all", [(6, TEXT_TOKENS, 32)] * 2 + [(6, (TEXT_TOKENS + IMAGE_TOKENS) * 32)] * 2),
-        ("block", "text", [(6, TEXT_TOKENS, 32)] * 4),
+        ("attention", "all", [((6, TEXT_TOKENS, 32),)] * 2 + [((6, TEXT_TOKENS + IMAGE_TOKENS, 32),)] * 2),
+        ("attention", "text", [((6, TEXT_TOKENS, 32),)] * 4),
+        ("block", "all", [((6, TEXT_TOKENS, 32),)] * 2 + [((6, TEXT_TOKENS, 32), (6, IMAGE_TOKENS, 32))] * 2),
+        ("block", "text", [((6, TEXT_TOKENS, 32),)] * 4),
     ],
     ids=["attention-all", "attention-text", "block-all", "block-text"],
 )
@@ -236,7 +241,7 @@ def test_flux_sites_repel_the_text_stream(repel_calls: list[RepelCall], site: st
     pipe = pipelines.flux()
     fastrepulse.patch(pipe, scale=300.0, steps=1, site=site, single_stream_tokens=tokens)
     _generate(pipe)
-    assert [call.shape for call in repel_calls] == expected
+    assert [call.shapes for call in repel_calls] == expected
 
 
 @pytest.mark.parametrize(
