@@ -40,6 +40,8 @@ from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, SOLVED
 JACOBI_MAX_GROUP = 16
 """Groups up to this size get Vendi's eigendecomposition by warm-started Jacobi, faster than LAPACK there
 (bench/test_solver_speed.py); larger ones LAPACK's eigh."""
+SMALL_PRODUCT = 8
+"""B x B products below this size are plain loops, from it on BLAS (4x faster than loops at B = 16)."""
 JACOBI_SWEEPS = 30
 """Jacobi sweeps per step at most, as the device solver's; LAPACK's eigh takes over where they do not suffice."""
 
@@ -134,6 +136,22 @@ def _collinear(gram, tolerance):
 
 
 @numba.njit(cache=True, nogil=True)
+def _product(a, b, out):
+    """out = a @ b (out distinct from a and b): BLAS from SMALL_PRODUCT rows on, below it plain loops, where a BLAS
+    call costs more than its arithmetic."""
+    size = a.shape[0]
+    if size >= SMALL_PRODUCT:
+        np.dot(a, b, out)
+        return
+    for i in range(size):
+        for j in range(size):
+            total = 0.0
+            for k in range(size):
+                total += a[i, k] * b[k, j]
+            out[i, j] = total
+
+
+@numba.njit(cache=True, nogil=True)
 def _matmul(a, b, out):
     """out = a @ b in a fixed order (equal rows of a give bit-equal rows of out): for the averaging over ties."""
     size = a.shape[0]
@@ -184,8 +202,8 @@ def _jacobi(kernel_mat, vectors, rotated, scratch, max_sweeps):
     step's eigenvectors, updated in place): eigenvalues on the diagonal of `rotated`. False if the off-diagonal
     mass is not eps^2 of the total (LAPACK's backward error) after `max_sweeps` sweeps."""
     size = kernel_mat.shape[0]
-    np.dot(kernel_mat, vectors, scratch)
-    np.dot(vectors.T, scratch, rotated)
+    _product(kernel_mat, vectors, scratch)
+    _product(vectors.T, scratch, rotated)
     for sweep in range(max_sweeps + 1):
         off = 0.0
         total = 0.0
@@ -226,16 +244,15 @@ def _jacobi(kernel_mat, vectors, rotated, scratch, max_sweeps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scratch, jacobi_max):
+def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scratch, weight, jacobi_max):
     """`forces.objective_gradient` of one group into out [B, B]; False (out untouched) for a non-finite K.
 
     Vendi's eigendecomposition: warm-started Jacobi (`vectors`, kept between steps) for B <= jacobi_max, else, or
-    where Jacobi does not converge, LAPACK's eigh."""
+    where Jacobi does not converge, LAPACK's eigh. rotated, scratch [B, B] and weight [B]: workspace."""
     size = kernel_mat.shape[0]
     if not _finite(kernel_mat):  # a diverged state: eigh would raise on it
         return False
     if objective == _VENDI:
-        weight = np.empty(size)
         if size <= jacobi_max and _jacobi(kernel_mat, vectors, rotated, scratch, JACOBI_SWEEPS):
             for k in range(size):
                 weight[k] = math.log(max(rotated[k, k], size * floor)) / -size
@@ -244,7 +261,10 @@ def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scr
             vectors[:, :] = eigenvectors
             for k in range(size):
                 weight[k] = math.log(max(eigenvalues[k], size * floor)) / -size
-        np.dot(vectors * weight, vectors.T, out)
+        for i in range(size):
+            for k in range(size):
+                scratch[i, k] = vectors[i, k] * weight[k]
+        _product(scratch, vectors.T, out)
     else:
         for i in range(size):
             for j in range(size):
@@ -254,15 +274,15 @@ def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scr
 
 @numba.njit(cache=True, nogil=True)
 def _force(
-    state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force, eigen, jacobi_max
+    state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force, eigen, rows, jacobi_max
 ):
-    """`forces.force_matrix` of one group into force [B, B] (distances, kernel_mat, dh_dk: scratch); False where
-    the state has diverged."""
+    """`forces.force_matrix` of one group into force [B, B]; False where the state has diverged.
+
+    distances, kernel_mat, dh_dk [B, B] and rows [3, B]: workspace; eigen: Vendi's eigenvectors and workspace
+    (`_objective_gradient`)."""
     size = state.shape[0]
     if kernel == _COSINE:
-        products = np.empty(size)
-        inv_sq_norm = np.empty(size)
-        inv_norm = np.empty(size)
+        products, inv_sq_norm, inv_norm = rows[0], rows[1], rows[2]
         for i in range(size):
             inv_sq_norm[i] = 1.0 / state[i, i]
             inv_norm[i] = math.sqrt(inv_sq_norm[i])
@@ -362,6 +382,8 @@ def _solve(
     vectors = np.empty((size, size))
     rotated = np.empty((size, size))
     eigen_scratch = np.empty((size, size))
+    weight = np.empty(size)
+    rows = np.empty((3, size))
     for g in range(groups):
         # a Gram matrix summed in float32 need not be symmetric, and eigh reads one triangle: its symmetric part
         for i in range(size):
@@ -377,7 +399,7 @@ def _solve(
         tied = _ties(distances, tie)
         group_step = 0.0 if kernel == _COSINE and _collinear(state, tolerance) else step
         for _ in range(iterations):
-            eigen_state = (vectors, rotated, eigen_scratch)
+            eigen_state = (vectors, rotated, eigen_scratch, weight)
             if not _force(
                 state,
                 objective,
@@ -390,6 +412,7 @@ def _solve(
                 dh_dk,
                 force,
                 eigen_state,
+                rows,
                 jacobi_max,
             ):
                 status[g] = non_finite
@@ -400,10 +423,10 @@ def _solve(
             for i in range(size):
                 for j in range(size):
                     transform[i, j] = (1.0 if i == j else 0.0) + group_step * force[i, j]
-            np.dot(transform, mixing, scratch)  # BLAS: 4x faster than loops at B = 16
+            _product(transform, mixing, scratch)
             mixing, scratch = scratch, mixing
-            np.dot(transform, state, scratch)
-            np.dot(scratch, transform, state)
+            _product(transform, state, scratch)
+            _product(scratch, transform, state)
         if status[g] == solved and not _finite(mixing):
             status[g] = non_finite
         if status[g] != solved:

@@ -234,9 +234,11 @@ class Repulsion:
         return mix, status
 
 
-NEAR_COLLINEAR = 1e-6
-"""Cosines within this of +-1 are beyond what a float32-accumulated Gram resolves (~1e-7): such groups are summed
-again in float64, so that identical, collinear and nearly identical samples get their exact answers."""
+NEAR_COLLINEAR = 1e-5
+"""Cosines within this of +-1 are beyond what a float32-accumulated Gram resolves to the update's 1e-3 (it gets
+cosines to ~1e-7): such groups (samples within ~3e-3 of one line, as one prompt's samples in early blocks) are summed
+again in float64, so that identical, collinear and nearly identical samples get their answers
+(bench/spread_accuracy.py: at 1e-6 a band of spreads 1.4e-3 .. 3e-3 was off by up to 2e-3)."""
 
 
 def _resolve_near_collinear(rows: list[torch.Tensor], gram: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -153,7 +153,7 @@ def test_jacobi_and_lapack_eigendecompositions_agree(size):
         outs = []
         for jacobi_max in (size, 0):
             out, vectors = np.empty((size, size)), np.eye(size)
-            scratch = (np.empty((size, size)), np.empty((size, size)))
+            scratch = (np.empty((size, size)), np.empty((size, size)), np.empty(size))
             assert compiled_solver._objective_gradient(matrix, 0, 1e-12, out, vectors, *scratch, jacobi_max)
             outs.append(out)
         # both are backward stable: eigenvalues exact to ~eps |K|, so log-eigenvalues to ~eps |K| absolute
