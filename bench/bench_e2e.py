@@ -285,15 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         records += bench_model(name, args.device, dtype, args.images, args.repeats)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()  # the model is gone with bench_model's frame; free its memory for the next
-    result = {
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "images": args.images,
-        "e2e": [asdict(record) for record in records],
-    }
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        result = {
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "images": args.images,
+            "e2e": [asdict(record) for record in records],
+        }
+        with open(args.out, "w") as f:  # after every model: a run cut short keeps what it measured
+            json.dump(result, f, indent=1)
     print(f"\n{'model':12} {'variant':26} {'seconds':>8} {'overhead %':>10} {'peak mem %':>10} {'scale':>8}")
     for r in records:
         scale = f"{r.scale:.0e}" if r.scale is not None else "-"

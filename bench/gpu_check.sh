@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # One-shot GPU verification of everything fastrepulse has: environment, real compilation and parity of
-# the kernels on CUDA against the float64 oracle (also inside a patched pipeline), Gram accuracy per
-# tiling, the kernel microbenchmarks and the end-to-end runs of Flux-dev and SD3.5-Large with random
-# weights, and torch.compile(max-autotune) at B = 4. Writes raw logs, kernels.json, e2e.json,
-# kernels-compile.json and their union results.json under $OUT (default: a fresh temp dir), and prints
-# the end-to-end table last.
-# Not yet run as a whole on a GPU: its parts are estimated at 6-9 minutes on an H100 (tests ~1, end to
-# end ~2.5, kernels ~2, compile bounded at 2); give the device tool's run timeout_s=600.
+# the kernels on CUDA against the float64 oracle (also inside a patched pipeline), the end-to-end runs of
+# Flux-dev and SD3.5-Large with random weights (base, the paper-style loop, fastrepulse with the host solver
+# and with the device solver: the CUDA default is the faster of the two), the kernel microbenchmarks, Gram
+# accuracy per tiling, and optionally torch.compile(max-autotune) at B = 4. Writes raw logs, kernels.json,
+# e2e.json, kernels-compile.json and their union results.json under $OUT (default: a fresh temp dir), and
+# prints the end-to-end table last.
+# Every part has its own time bound, most valuable first, so the whole run stays under 6 minutes
+# (tests 80 s, end to end 200 s, kernels 45 s, Gram accuracy 20 s; COMPILE_SECONDS=0 by default) and a run
+# cut short still answers the main questions; give the device tool's run timeout_s=420. bench_e2e.py writes e2e.json after each model.
 #
 # The package, nvtx and diffusers (with importlib_metadata) travel as wheels in .whl/ (no network there):
 #   pip wheel --no-deps -w .whl . && pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata \
 #     && pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl nvtx \
 #        numba llvmlite
-# (numba: the compiled host solver; without it, or without SciPy there, fastrepulse.solve runs its NumPy loop.)
+# numba (3.7 MB) and llvmlite (42 MB) are the compiled host solver; it also needs SciPy's LAPACK (a 38 MB wheel,
+# which would take the carry past 64 MiB: rely on the machine's own SciPy). Without either, fastrepulse.solve runs
+# its NumPy loop: env.txt says which ran ("host solver: compiled" or "numpy"), so the two solvers' comparison in
+# e2e.json can be read right.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -32,26 +37,28 @@ if [ -d .whl ]; then
   "$PY" -m pip install -q --no-index --no-deps --target /tmp/fastrepulse-site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/fastrepulse-site${PYTHONPATH:+:$PYTHONPATH}
 fi
+"$PY" -P -c "from fastrepulse.solver import compiled_loop; print('host solver:', 'numpy' if compiled_loop() is None \
+else 'compiled')" 2>&1 | tee -a "$OUT/env.txt"
 
 # -P: the checkout's fastrepulse/ (kernels live in kernels/) must not shadow the installed package.
 # Serially: 8 pytest-xdist workers sharing the card ran past 540 s with failures (h100-2026-11-26-b).
-"$PY" -P -m pytest tests/gpu tests/test_repel_parity.py -k cuda -q -p no:cacheprovider --maxfail=10 --durations=15 2>&1 | tee "$OUT/tests.log"
+timeout 80 "$PY" -P -m pytest tests/gpu tests/test_repel_parity.py -k cuda -q -p no:cacheprovider --maxfail=10 \
+  --durations=15 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-# Most valuable first, so that a run cut short still answers the main questions.
-"$PY" -P bench/bench_e2e.py --repeats 2 --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+timeout 200 "$PY" -P bench/bench_e2e.py --repeats 2 --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-"$PY" -P bench/bench_kernels.py --quick --out "$OUT/kernels.json" 2>&1 | tee "$OUT/bench.log"
+timeout 45 "$PY" -P bench/bench_kernels.py --quick --out "$OUT/kernels.json" 2>&1 | tee "$OUT/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-"$PY" -P bench/gram_accuracy.py 2>&1 | tee "$OUT/gram_accuracy.log"
+timeout 20 "$PY" -P bench/gram_accuracy.py 2>&1 | tee "$OUT/gram_accuracy.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # torch.compile(max-autotune) compiles and autotunes per shape: B = 4 at every shape, within a bound
-# (${COMPILE_SECONDS:-120} s; 0 skips it).
-if [ "${COMPILE_SECONDS:-120}" -gt 0 ]; then
-  timeout "${COMPILE_SECONDS:-120}" "$PY" -P bench/bench_kernels.py --quick --compile --sizes 4 \
+# (COMPILE_SECONDS, default 0: skipped; measured on the H100 lease of 2026-11-26).
+if [ "${COMPILE_SECONDS:-0}" -gt 0 ]; then
+  timeout "${COMPILE_SECONDS}" "$PY" -P bench/bench_kernels.py --quick --compile --sizes 4 \
     --out "$OUT/kernels-compile.json" 2>&1 | tee "$OUT/bench-compile.log"
 fi
 

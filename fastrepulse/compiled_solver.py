@@ -4,26 +4,31 @@ The same algorithm as the NumPy reference (`fastrepulse.solver.solve_numpy`, the
 `fastrepulse.forces`), written out as scalar loops over B x B matrices: the set-up (the symmetric part
 of G, the rbf bandwidth, the averaging over identical samples, the collinear groups held still under the
 cosine kernel) and then, per group, ``W = force(G)``, ``W <- A W A`` where the group has ties,
-``T = I + s W``, ``P <- T P``, ``G <- (T G) T``. Vendi's eigendecomposition is LAPACK's (``np.linalg.eigh``,
-``dsyevd`` on the lower triangle, as NumPy's). Results agree with the reference to rounding (1e-12 of
-P - I in tests/test_compiled_solver.py). The B x B products are BLAS's (``np.dot``) and the row sums are
-added in NumPy's pairwise order, as in the reference, so most results are bit-identical (37 of the 96
-settings of bench/test_solver_speed.py; the rest within 4e-13, from libm's exp and log against NumPy's).
-Nothing looser would do: the reference itself moves by up to ~2e-12 of P - I when its input moves by
-1 ulp (Vendi, 8 groups of 16, 100 steps), so 1e-12 needs the same arithmetic, down to LAPACK's eigh.
-The groups run one after another, on one thread.
+``T = I + s W``, ``P <- T P``, ``G <- (T G) T``. Vendi's eigendecomposition: for groups of up to
+JACOBI_MAX_GROUP samples cyclic Jacobi warm-started from the previous step's eigenvectors (K moves little per
+step), swept to LAPACK's backward error, as the device solver does; above that, or where Jacobi does not
+converge, LAPACK's eigh (``dsyevd``, as NumPy's). B x B products below SMALL_PRODUCT are loops, from it BLAS;
+row sums are added in NumPy's pairwise order. Nothing is allocated per step.
+
+Results agree with the reference to rounding: 1e-12 of P - I in tests/test_compiled_solver.py (measured 2e-14
+on separated samples). Where the problem itself is that sensitive (one prompt's samples 3e-3 apart, or 8 groups
+of 16 over 100 steps), the reference moves by ~1e-11 under a 1e-16 change of its input, and Jacobi against LAPACK
+stays within that.
+
+Each group gets a `fastrepulse.status` code instead of an exception (a NaN input, a diverged step, a result
+that may overflow), and a failed group's P - I is 0, so that a pipeline can leave it as it was.
 
 Importing this module imports numba but compiles nothing: `solve_compiled` compiles on its first call
 (``cache=True``: once per machine and per version of this file, into numba's on-disk cache, the
 ``__pycache__`` next to this file or ``NUMBA_CACHE_DIR``; one specialisation serves every objective, kernel
 and shape). `fastrepulse.solver` imports it lazily at the first solve and falls back to NumPy where numba
-or SciPy does not import. First solve in a fresh process, measured on the 2-core CI machine under load:
-6.3-8.2 s with a cold cache (compiling), 0.53-0.79 s with a warm one (importing numba and SciPy's LAPACK,
-loading the cache); every later call costs only its run.
+or SciPy does not import. First solve in a fresh process on the 2-core CI machine: 15.7 s with a cold cache
+(compiling), 0.6 s with a warm one (importing numba and SciPy's LAPACK, loading the cache); every later call
+costs only its run.
 
-Speed (bench/test_solver_speed.py): 12-18x NumPy's for one group of 4 (Vendi; 40-70x for energy), 4-5x for
-8 groups of 16 under energy; Vendi at 8 groups of 16 is bound by LAPACK's eigh (~20 us per 16 x 16, 800
-calls at M = 100), the same routine NumPy calls, so it is only ~1.3x faster there.
+Speed (bench/test_solver_speed.py, 2026-12-01, load ~0.8): one group of 4 under Vendi 56 us at M = 50 and 104 us
+at M = 100 (29x and 31x NumPy's; 70-80x under energy); 8 groups of 16 under Vendi at M = 100 14 ms (1.6x), where
+both spend their time in the 800 eigendecompositions of 16 x 16 (~17 us each, Jacobi or LAPACK alike).
 """
 
 from __future__ import annotations

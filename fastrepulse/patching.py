@@ -295,7 +295,7 @@ class RepulsionHandle:
         if parts[0].shape[0] != forward.batch or forward.group_size == 1:
             return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
         status = self._repulsion.run(parts, parts, forward.group_size, strict=False)
-        if isinstance(status, torch.Tensor) or (status != SOLVED).any():
+        if isinstance(status, torch.Tensor) or status.any():  # SOLVED is 0
             self._call.statuses.append((block, forward.step, status))
 
     def _report(self, statuses: list[tuple[int, int, np.ndarray | torch.Tensor]]) -> None:

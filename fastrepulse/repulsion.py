@@ -22,6 +22,7 @@ BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "reference")
 Solver = Literal["host", "device"]
 SOLVERS: tuple[str, ...] = ("host", "device")
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+_LARGEST = {dtype: torch.finfo(dtype).max for dtype in FLOAT_DTYPES}
 
 
 def repel(
@@ -153,9 +154,9 @@ class Repulsion:
         with APPLY_RANGE:
             skip = status
             if isinstance(status, np.ndarray):  # from the host (or a strict device solve): settled here
-                if (status != SOLVED).any():
+                if status.any():  # SOLVED is 0
                     mix, status = self._settle(rows, mix, status, group_size, apply_fn, strict)
-                skip = None if (status == SOLVED).all() else torch.from_numpy(status).to(parts[0].device)
+                skip = torch.from_numpy(status).to(parts[0].device) if status.any() else None
             for part_rows, out in zip(rows, outs, strict=True):
                 out_rows = _rows_view(out)
                 if out_rows is not None:
@@ -165,10 +166,11 @@ class Repulsion:
         return status
 
     def _solve_on_host(self, gram: torch.Tensor, dtype: torch.dtype, strict: bool) -> tuple[torch.Tensor, np.ndarray]:
-        state = gram.to(device="cpu", dtype=torch.float64).numpy()
+        if gram.device.type != "cpu" or gram.dtype != torch.float64:
+            gram = gram.to(device="cpu", dtype=torch.float64)
         options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
-        mix, status = solve_groups(state, **options, kernel=self.kernel, limit=torch.finfo(dtype).max)
-        if strict and (status != SOLVED).any():
+        mix, status = solve_groups(gram.numpy(), **options, kernel=self.kernel, limit=_LARGEST[dtype])
+        if strict and status.any():
             if (status == BAD_SAMPLES).any():
                 _gram_checker(self.kernel)(gram.cpu())  # names the NaN/Inf or zero samples
             if (status == NON_FINITE).any():

@@ -5,7 +5,7 @@ A solver reports one code per group instead of raising, so that a pipeline can l
 """
 
 SOLVED = 0
-"""All steps done, P - I finite."""
+"""All steps done, P - I finite. Zero, so that ``status.any()`` says whether some group failed."""
 NON_FINITE = 1
 """The steps diverged: a NaN or Inf appeared in the iteration (scale too large for the iterations)."""
 NOT_CONVERGED = 2

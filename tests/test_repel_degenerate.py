@@ -113,8 +113,8 @@ STATED_SPREADS = [
 
 def _update_error(spread: float, dtype: torch.dtype, backend: str, solver: str, strict: bool) -> float:
     """Relative error of the update of 4 samples `c + spread * n_i`, moved by a quarter of their spread."""
-    shared = torch.randn(1, 2048, dtype=torch.float64)
-    x = (shared + spread * torch.randn(4, 2048, dtype=torch.float64)).to(dtype)
+    shared = torch.randn(1, 1024, dtype=torch.float64)
+    x = (shared + spread * torch.randn(4, 1024, dtype=torch.float64)).to(dtype)
     exact_x = x.to(torch.float64)
     options = {"group_size": 4, "objective": "vendi", "kernel": "cosine"}
     one_step = literal_loop(x, scale=1.0, iterations=1, **options)
