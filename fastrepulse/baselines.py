@@ -26,7 +26,7 @@ def cads_condition(
 ) -> torch.Tensor:
     """The CADS-corrupted conditioning [N, ...] at time t (a 0-d tensor, read on its device: no host sync on a
     GPU): noise from `generator`, per-sample rescale, psi mix; `condition` itself, bit for bit, where gamma is 1."""
-    gamma = cads_gamma(t, config.cads_tau1, config.cads_tau2)
+    gamma = cads_gamma(t.to(condition.device), config.cads_tau1, config.cads_tau2)  # where the timestep already is
     noise = torch.randn(condition.shape, generator=generator, device=condition.device, dtype=torch.float32)
     clean = condition.float()
     signal, spread = gamma.sqrt().float(), (config.scale * (1.0 - gamma).sqrt()).float()

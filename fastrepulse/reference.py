@@ -21,13 +21,6 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-"""Dtypes whose CPU tensors the apply pass reads and writes through NumPy views: the same arithmetic at a fraction of
-torch's per-call cost, which dominates for the few-row matrices of a pipeline's hooks (in a testbed pipeline 24 us
-against 30 per block); bf16 has no NumPy dtype and runs in torch. The Gram pass stays in torch: NumPy's float64
-product of the same rows took 42 us there, against torch's 23."""
-
-
 def gram_torch(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """Gram matrices [N / B, B, B] (float64, accumulated in float64) of the row groups of x [N, L]."""
     rows = x.view(-1, group_size, x.shape[1]).to(torch.float64)
@@ -43,15 +36,6 @@ def apply_torch(
     Groups whose `status` [N / B] (`fastrepulse.status`, on x's device) is not SOLVED are written as x, bit for bit.
     """
     num_groups, group_size, _ = mix.shape
-    if status is None and x.device.type == "cpu" and x.dtype in NUMPY_DTYPES:
-        shape = (num_groups, group_size, x.shape[1])
-        rows = x.detach().numpy().reshape(shape)  # splitting the leading dimension: views, whatever the strides
-        target = out.detach().numpy().reshape(shape)
-        wide = np.float64 if x.dtype == torch.float64 else np.float32
-        rows = rows if rows.dtype == wide else rows.astype(wide)
-        mix = mix.detach().cpu().numpy().astype(wide, copy=False)
-        np.add(rows, mix @ rows, out=target, casting="same_kind")
-        return out
     grouped = x.view(num_groups, group_size, -1)
     rows = grouped.to(accumulation_dtype(x.dtype))
     update = torch.baddbmm(rows, mix.to(device=x.device, dtype=rows.dtype), rows)
