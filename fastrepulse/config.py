@@ -41,8 +41,8 @@ class RepulsionConfig:
         objective, kernel: what is ascended (see `fastrepulse.repel`); for "particle" they default to the
             Particle-Guidance pairwise energy with an RBF kernel.
         backend, solver: backend and solver of `fastrepulse.repel`.
-        group_size: samples per group, or "auto": `num_images_per_prompt` of each pipeline call, so the
-            images of one prompt within one guidance branch repel each other and nothing else.
+        group_size: samples per group (consecutive), or "auto": the images of each prompt within each guidance
+            branch, however they were asked for (`fastrepulse.groups`), repel each other and nothing else.
         cads_tau1, cads_tau2: CADS schedule on t in [0, 1] (1 = pure noise): the conditioning is clean for
             t <= tau1, pure noise for t >= tau2, linear in between.
         cads_psi: CADS mix of the rescaled and the raw noisy conditioning (1 = rescaled only).

@@ -1,8 +1,9 @@
 """`patch(pipe)`: contextual repulsion, or a baseline, inside a diffusers pipeline; `unpatch` undoes it exactly.
 
 What a patch changes, all on the pipeline instance and all kept on the handle for `remove`:
-- the instance's class, swapped for a subclass whose ``__call__`` opens per-call state (the group size from
-  ``num_images_per_prompt``, the step counter) and drops it in ``finally``;
+- the instance's class, swapped for a subclass whose ``__call__`` opens per-call state (the samples per guidance
+  branch, the groups found at its first denoiser call (`fastrepulse.groups`), the step counter) and drops it in
+  ``finally``;
 - ``pipe.scheduler``, wrapped so that every ``step`` advances the counter (`fastrepulse.scheduler`);
 - a forward pre-hook on the denoiser (the state of one transformer call; CADS noise) and, for
   "contextual", forward hooks on the selected blocks or their attention modules.
@@ -49,6 +50,7 @@ import torch
 from fastrepulse.baselines import cads_condition, particle_guidance
 from fastrepulse.config import Method, RepulsionConfig, Site, Thirds, make_config
 from fastrepulse.forces import Kernel, Objective
+from fastrepulse.groups import Partition, by_conditioning, contiguous
 from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, select_blocks
 from fastrepulse.repulsion import Backend, Repulsion, Solver
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
@@ -123,9 +125,12 @@ def patched(pipe: Any, preset: str | RepulsionConfig | None = None, **options: A
 
 @dataclass
 class _CallState:
-    """One pipeline call: its group size, the sampler step it is at, and the groups its blocks left unrepelled."""
+    """One pipeline call: its samples per guidance branch, how its denoiser batches split into groups, the sampler
+    step it is at, and the groups its blocks left unrepelled."""
 
     images_per_prompt: int
+    samples: int  # per guidance branch: prompts x images per prompt
+    partitions: dict[int, Partition] = field(default_factory=dict)  # by denoiser batch size, found once per call
     step: int = 0
     generator: torch.Generator | None = None  # CADS noise, seeded at the call's first draw
     statuses: list[tuple[int, int, np.ndarray | torch.Tensor]] = field(default_factory=list)
@@ -139,7 +144,7 @@ class _ForwardState:
 
     batch: int
     text_tokens: int
-    group_size: int
+    partition: Partition
     step: int
     hooks_run: int = 0  # block hooks met so far in this call: the position, in forward order, of the next one
 
@@ -218,7 +223,7 @@ class RepulsionHandle:
             images_per_prompt = bound.arguments.get("num_images_per_prompt") or kwargs.get("num_images_per_prompt") or 1
             if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
                 self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
-            self._call = _CallState(images_per_prompt)
+            self._call = _CallState(images_per_prompt, _prompts(bound.arguments) * images_per_prompt)
             yield
             self._report(self._call.statuses)
         finally:
@@ -234,26 +239,34 @@ class RepulsionHandle:
         step, call.step = call.step, call.step + 1
         if self.config.method != "particle" or not self.config.touches_step(step):
             return model_output
-        group_size = self._group_size(sample.shape[0])
-        if group_size == 1:
+        batch = sample.shape[0]
+        partition = call.partitions.get(batch) or self._fixed_partition(batch, call.images_per_prompt)
+        if partition.largest == 1:
             return model_output
-        prediction = self.pipe.scheduler.config.get("prediction_type", "flow")
-        return particle_guidance(model_output, sample, self.config, group_size, 1.0 if prediction == "sample" else -1.0)
+        sign = 1.0 if self.pipe.scheduler.config.get("prediction_type", "flow") == "sample" else -1.0
+        if partition.size is not None:
+            return particle_guidance(model_output, sample, self.config, partition.size, sign)
+        guided = model_output.clone()
+        for index in partition.indices(sample.device):
+            guided[index] = particle_guidance(model_output[index], sample[index], self.config, len(index), sign)
+        return guided
 
     def _before_denoiser(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._forward = None
         call = self._call
-        if call is None or self.config.method == "particle" or not self.config.touches_step(call.step):
+        if call is None or not self.config.touches_step(call.step):
             return None
-        needed = ("hidden_states", "encoder_hidden_states") if self.config.method == "contextual" else _CADS_ARGUMENTS
+        needed = _CADS_ARGUMENTS if self.config.method == "cads" else ("hidden_states", "encoder_hidden_states")
         if all(name in kwargs for name in needed):  # how diffusers' transformer pipelines call: no binding needed
             arguments = kwargs
         else:
             arguments = _signature(type(module).forward).bind(module, *args, **kwargs).arguments
         text = arguments["encoder_hidden_states"]
-        if self.config.method == "contextual":
+        if self.config.method != "cads":  # contextual, and particle (whose scheduler step reads the groups)
             batch = arguments.get("hidden_states", text).shape[0]
-            self._forward = _ForwardState(batch, text.shape[1], self._group_size(batch), call.step)
+            partition = self._partition(arguments, batch)
+            if self.config.method == "contextual":
+                self._forward = _ForwardState(batch, text.shape[1], partition, call.step)
             return None
         if call.generator is None:
             call.generator = torch.Generator(device=text.device).manual_seed(self.config.seed)
@@ -292,11 +305,21 @@ class RepulsionHandle:
         forward.hooks_run += 1
         if text_prefix:
             parts = [parts[0][:, : forward.text_tokens]]
-        if parts[0].shape[0] != forward.batch or forward.group_size == 1:
+        partition = forward.partition
+        if parts[0].shape[0] != forward.batch or partition.largest == 1:
             return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
-        status = self._repulsion.run(parts, parts, forward.group_size, strict=False)
-        if isinstance(status, torch.Tensor) or status.any():  # SOLVED is 0
-            self._call.statuses.append((block, forward.step, status))
+        if partition.size is not None:  # consecutive groups of one size: the batch as it is
+            self._record(block, forward.step, self._repulsion.run(parts, parts, partition.size, strict=False))
+            return
+        for index in partition.indices(parts[0].device):  # each prompt's samples gathered, repelled, put back
+            group = [part.index_select(0, index) for part in parts]
+            self._record(block, forward.step, self._repulsion.run(group, group, len(index), strict=False))
+            for part, repelled in zip(parts, group, strict=True):
+                part.index_copy_(0, index, repelled)
+
+    def _record(self, block: int, step: int, status: np.ndarray | torch.Tensor) -> None:
+        if isinstance(status, torch.Tensor) or status.any():  # SOLVED is 0; the device's statuses are read later
+            self._call.statuses.append((block, step, status))
 
     def _report(self, statuses: list[tuple[int, int, np.ndarray | torch.Tensor]]) -> None:
         """One warning for a call in which some groups were left unrepelled, naming the blocks, steps and causes."""
@@ -327,23 +350,57 @@ class RepulsionHandle:
             stacklevel=4,
         )
 
-    def _group_size(self, batch: int) -> int:
-        size = self.config.group_size
-        if size == "auto":
-            size = self._call.images_per_prompt
+    def _partition(self, arguments: dict[str, Any], batch: int) -> Partition:
+        """The groups of a denoiser batch (`fastrepulse.groups`): found from the conditioning at the call's first
+        denoiser call of that batch size (one host read), then kept; `group_size=` fixes them instead."""
+        call = self._call
+        if batch in call.partitions:
+            return call.partitions[batch]
+        if self.config.group_size != "auto":
+            partition = self._fixed_partition(batch, self.config.group_size)
+        else:
+            samples = call.samples
+            branches = 2 if batch == 2 * samples else 1  # [uncond ; cond] in one batch: SD3, UNet pipelines
+            branch = batch // branches
+            conditioning = [
+                tensor[-branch:]  # the conditional branch, last
+                for tensor in (arguments["encoder_hidden_states"], arguments.get("pooled_projections"))
+                if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == batch
+            ]
+            if conditioning:
+                partition = by_conditioning(conditioning, branches)
+                if branches == 2:  # the scheduler step (Particle Guidance) sees one branch
+                    call.partitions.setdefault(branch, by_conditioning(conditioning))
+            else:  # one text row broadcast over the images: all of them are its prompt's
+                partition = contiguous(batch, branch)
+        call.partitions[batch] = partition
+        if partition.largest == 1 and not self._warned_single_groups:
+            self._warned_single_groups = True
+            warnings.warn(
+                "fastrepulse: each group holds one sample (every image has a prompt of its own), so there is "
+                "nothing to repel; generate several images per prompt, or pass group_size= to group them otherwise",
+                stacklevel=3,
+            )
+        return partition
+
+    def _fixed_partition(self, batch: int, size: int) -> Partition:
         if batch % size:
             raise ValueError(
                 f"a batch of {batch} samples does not split into groups of {size}; "
                 "pass group_size=<samples per prompt> to fastrepulse.patch"
             )
-        if size == 1 and not self._warned_single_groups:
-            self._warned_single_groups = True
-            warnings.warn(
-                "fastrepulse: each group holds one sample (num_images_per_prompt=1), so there is nothing to repel; "
-                "generate several images per prompt, or pass group_size= if the batch already holds them",
-                stacklevel=2,
-            )
-        return size
+        return contiguous(batch, size)
+
+
+def _prompts(arguments: dict[str, Any]) -> int:
+    """How many prompts a pipeline call was given (a string, a list, or embeddings of that batch)."""
+    prompt = arguments.get("prompt")
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, (list, tuple)):
+        return len(prompt)
+    embeds = arguments.get("prompt_embeds")
+    return embeds.shape[0] if isinstance(embeds, torch.Tensor) else 1
 
 
 _CADS_ARGUMENTS = ("encoder_hidden_states", "timestep")

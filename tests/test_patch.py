@@ -342,22 +342,34 @@ def test_unsupported_pipelines_are_refused() -> None:
 
 
 def test_groups_of_one_warn_once_and_group_size_states_the_grouping(repel_calls: list[RepelCall]) -> None:
+    """Every image with a prompt of its own: one warning per patch, nothing repelled; `group_size=` groups them."""
     pipe = pipelines.flux()
-    embeds, pooled, _ = pipe.encode_prompt(prompt=PROMPTS[0], prompt_2=None, num_images_per_prompt=IMAGES)
     fastrepulse.patch(pipe, scale=300.0, steps=1, blocks=[0])
-    call = {**CALL, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "num_images_per_prompt": 1}
+    call = {**CALL, "prompt": ["a red cat", "a blue dog", "a green frog"], "max_sequence_length": TEXT_TOKENS}
     with pytest.warns(UserWarning, match="each group holds one sample"):
         pipe(generator=torch.Generator().manual_seed(0), **call)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe(generator=torch.Generator().manual_seed(0), **call)
     assert repel_calls == []
-    fastrepulse.patch(pipe, scale=300.0, steps=1, blocks=[0], group_size=IMAGES)
+    fastrepulse.patch(pipe, scale=300.0, steps=1, blocks=[0], group_size=3)
     pipe(generator=torch.Generator().manual_seed(0), **call)
-    assert [(c.shape[0], c.group_size) for c in repel_calls] == [(IMAGES, IMAGES)]
+    assert [(c.shape[0], c.group_size) for c in repel_calls] == [(3, 3)]
     fastrepulse.patch(pipe, scale=300.0, steps=1, blocks=[0], group_size=2)
     with pytest.raises(ValueError, match="a batch of 3 samples does not split into groups of 2"):
         pipe(generator=torch.Generator().manual_seed(0), **call)
+
+
+def test_prompt_embeds_passed_expanded_form_one_group(repel_calls: list[RepelCall]) -> None:
+    """Embeddings that already hold a prompt's images (num_images_per_prompt=1) are one group of them."""
+    pipe = pipelines.flux()
+    embeds, pooled, _ = pipe.encode_prompt(prompt=PROMPTS[0], prompt_2=None, num_images_per_prompt=IMAGES)
+    call = {**CALL, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    base = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    fastrepulse.patch(pipe, scale=300.0, steps=1, blocks=[0])
+    repelled = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    assert [(c.shape[0], c.group_size) for c in repel_calls] == [(IMAGES, IMAGES)]
+    assert not torch.equal(repelled, base)
 
 
 def test_prompt_embeds_of_one_prompt_broadcast_to_its_images(repel_calls: list[RepelCall]) -> None:
