@@ -21,6 +21,7 @@ import torch
 
 import fastrepulse
 from fastrepulse import solver
+from fastrepulse.groups import contiguous
 from fastrepulse.patching import _CallState, _ForwardState
 from fastrepulse.solver import solve_groups
 from fastrepulse.testbed import PROMPT, pipeline
@@ -56,8 +57,8 @@ def test_block(benchmark, testbed, case):
         block = handle.denoiser.blocks[0]
         width = block.module.attn.to_out[0].out_features
         text, image = torch.randn(4, TEXT_TOKENS, width), torch.randn(4, 16, width)
-        handle._call = _CallState(images_per_prompt=4)
-        handle._forward = _ForwardState(batch=4, text_tokens=TEXT_TOKENS, group_size=4, step=0)
+        handle._call = _CallState(images_per_prompt=4, samples=4)
+        handle._forward = _ForwardState(batch=4, text_tokens=TEXT_TOKENS, partition=contiguous(4, 4), step=0)
         config = handle.config
         gram = (text.reshape(4, -1).double() @ text.reshape(4, -1).double().T)[None].numpy()
         options = {"scale": config.scale, "iterations": config.iterations, "objective": config.objective}

@@ -8,7 +8,7 @@ What a patch changes, all on the pipeline instance and all kept on the handle fo
 - a forward pre-hook on the denoiser (the state of one transformer call; CADS noise) and, for
   "contextual", forward hooks on the selected blocks or their attention modules.
 
-Eagerly a hook calls the handle's `_repel` directly (one hooked block costs its Gram, solve and apply plus ~10 us
+Eagerly a hook calls the handle's `_repel` directly (a hooked block costs its Gram, solve and apply and ~15 us
 of Python). Under ``torch.compile`` (diffusers' regional compilation compiles the transformer blocks, hooks included)
 the block and attention hooks are traced into the graphs: their bodies read only what is fixed for the handle's
 lifetime (nothing per block: all blocks of a kind share one hook function and one graph) and pass the tensors to the
