@@ -362,12 +362,10 @@ class RepulsionHandle:
             samples = call.samples
             branches = 2 if batch == 2 * samples else 1  # [uncond ; cond] in one batch: SD3, UNet pipelines
             branch = batch // branches
-            conditioning = [
-                tensor[-branch:]  # the conditional branch, last
-                for tensor in (arguments["encoder_hidden_states"], arguments.get("pooled_projections"))
-                if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == batch
-            ]
-            if conditioning:
+            # the text stream only: diffusers 0.35's SD3 pipeline tiles the pooled embeddings across prompts
+            text = arguments["encoder_hidden_states"]
+            if text.shape[0] == batch:
+                conditioning = [text[-branch:]]  # the conditional branch, last
                 partition = by_conditioning(conditioning, branches)
                 if branches == 2:  # the scheduler step (Particle Guidance) sees one branch
                     call.partitions.setdefault(branch, by_conditioning(conditioning))
