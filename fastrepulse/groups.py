@@ -73,7 +73,7 @@ def by_conditioning(conditioning: list[torch.Tensor], branches: int = 1) -> Part
     representatives = list(first.values())  # one row per set of bit-equal rows, in order of first appearance
     close = torch.ones(len(representatives), len(representatives), dtype=torch.bool, device=exact.device)
     for tensor in conditioning:
-        rows = tensor.reshape(tensor.shape[0], -1)[representatives].to(torch.float64)
+        rows = tensor.reshape(tensor.shape[0], -1)[representatives].float()  # float32 resolves SAME_PROMPT
         scale = rows.abs().amax(1)
         for i in range(len(representatives)):
             difference = (rows - rows[i]).abs().amax(1)
