@@ -14,7 +14,7 @@ import torch
 from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
 from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
 from fastrepulse.reference import apply_torch, gram_torch, repel_literal
-from fastrepulse.solver import solve_groups
+from fastrepulse.solver import result_bound, solve_groups
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 
 Backend = Literal["auto", "triton", "torch", "reference"]
@@ -172,7 +172,7 @@ class Repulsion:
         mix, status = solve_groups(gram.numpy(), **options, kernel=self.kernel, limit=_LARGEST[dtype])
         if strict and status.any():
             if (status == BAD_SAMPLES).any():
-                _gram_checker(self.kernel)(gram.cpu())  # names the NaN/Inf or zero samples
+                _gram_checker(self.kernel)(gram)  # names the NaN/Inf or zero samples
             if (status == NON_FINITE).any():
                 raise ValueError(_divergence(self.scale, self.iterations))
         return torch.from_numpy(mix), status
@@ -202,7 +202,7 @@ class Repulsion:
                     f"group(s) {groups}; use solver='host'"
                 )
             raise ValueError(_divergence(self.scale, self.iterations))
-        status[~_fits(gram, mix, dtype)] = MAY_OVERFLOW
+        status[result_bound(gram.cpu().numpy(), mix.cpu().numpy()) > _LARGEST[dtype]] = MAY_OVERFLOW
         return mix, status
 
     def _settle(
@@ -220,13 +220,12 @@ class Repulsion:
         if risky.size == 0:
             return mix, status
         status = status.copy()
-        limit = torch.finfo(rows[0].dtype).max
         for g in risky.tolist():
             fits = True
             for part_rows in rows:
                 group = part_rows[g * group_size : (g + 1) * group_size]
-                staged = apply_fn(group, mix[g : g + 1], torch.empty_like(group), None)
-                fits = fits and bool(torch.isfinite(staged).all()) and bool((staged.abs() <= limit).all())
+                staged = apply_fn(group, mix[g : g + 1], torch.empty_like(group), None)  # in x's dtype: Inf past it
+                fits = fits and bool(torch.isfinite(staged).all())
             if fits:
                 status[g] = SOLVED
             elif strict:
@@ -258,14 +257,6 @@ def _resolve_near_collinear(rows: list[torch.Tensor], gram: torch.Tensor, group_
         grouped = part_rows.view(gram.shape[0], group_size, -1)[groups]
         resolved[groups] += gram_torch(grouped.reshape(-1, grouped.shape[-1]), group_size).to(gram.device)
     return resolved
-
-
-def _fits(gram: torch.Tensor, mix: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """Whether every element of each group's x + (P - I) x surely fits in `dtype` [G]: |x_il| + sum_j |D_ij| |x_jl|
-    is at most |x_i| + sum_j |D_ij| |x_j| (norms from the Gram diagonal), a B x B bound with no pass over x."""
-    norms = gram.diagonal(dim1=-2, dim2=-1).to(mix).clamp_min(0).sqrt()
-    bound = norms + (mix.abs() @ norms.unsqueeze(-1)).squeeze(-1)
-    return (bound <= torch.finfo(dtype).max).all(-1).cpu().numpy()
 
 
 def _overflow(dtype: torch.dtype) -> str:

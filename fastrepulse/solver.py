@@ -102,11 +102,16 @@ def _statuses(
     diverged = usable & ~np.isfinite(mix).all(axis=(-2, -1))
     status[diverged] = NON_FINITE
     mix[status != SOLVED] = 0.0
-    norms = np.sqrt(np.maximum(diagonal, 0.0))
-    with np.errstate(invalid="ignore"):
-        bound = (norms + (np.abs(mix) @ norms[..., None])[..., 0]).max(-1, initial=0.0)
-    status[(status == SOLVED) & (bound > limit)] = MAY_OVERFLOW
+    status[(status == SOLVED) & (result_bound(state, mix) > limit)] = MAY_OVERFLOW
     return mix, status
+
+
+def result_bound(gram: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """A bound [G] on every element of each group's x + (P - I) x: max_i |x_i| + sum_j |P - I|_ij |x_j| (norms from
+    the Gram diagonal), with no pass over x."""
+    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=-2, axis2=-1), 0.0))
+    with np.errstate(invalid="ignore"):
+        return (norms + (np.abs(mix) @ norms[..., None])[..., 0]).max(-1, initial=0.0)
 
 
 def solve_numpy(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:
