@@ -21,12 +21,12 @@ import torch
 
 import fastrepulse
 from fastrepulse import solver
-from fastrepulse.groups import contiguous
-from fastrepulse.patching import _CallState, _ForwardState
+from fastrepulse.patching import _CallState, _ForwardState, _Slice
 from fastrepulse.solver import solve_groups
 from fastrepulse.testbed import PROMPT, pipeline
 from fastrepulse.testbed.digits import SIZE
 from fastrepulse.testbed.models import TEXT_TOKENS
+from fastrepulse.tokens import TextLayout
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,8 @@ def test_block(benchmark, testbed, case):
         width = block.module.attn.to_out[0].out_features
         text, image = torch.randn(4, TEXT_TOKENS, width), torch.randn(4, 16, width)
         handle._call = _CallState(images_per_prompt=4, samples=4)
-        handle._forward = _ForwardState(batch=4, text_tokens=TEXT_TOKENS, partition=contiguous(4, 4), step=0)
+        whole_batch = (_Slice(slice(None), 4, 0, TEXT_TOKENS),)
+        handle._forward = _ForwardState(batch=4, layout=TextLayout(TEXT_TOKENS), slices=whole_batch, step=0)
         config = handle.config
         gram = (text.reshape(4, -1).double() @ text.reshape(4, -1).double().T)[None].numpy()
         options = {"scale": config.scale, "iterations": config.iterations, "objective": config.objective}
@@ -67,7 +68,7 @@ def test_block(benchmark, testbed, case):
 
             def run() -> None:
                 text.copy_(original)  # the same input every round
-                handle._after_attention(block.kind, block.module.attn, (), {}, (image, text))
+                handle._after_attention(block.kind, block.attention, (), {}, (image, text))
 
         else:
 

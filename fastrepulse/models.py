@@ -1,40 +1,129 @@
-"""Model support: which diffusers denoisers fastrepulse knows, and where their blocks keep the text stream.
+"""Model support: a registry keyed by denoiser class, with where each family's blocks keep the contextual text.
 
-A small registry keyed by block class. Blocks are found in forward order (Flux: the dual-stream blocks,
-then the single-stream ones) and indexed among the blocks that carry text; SD3's last joint block
-(``context_pre_only``) drops the text stream and is not counted.
+Contextual text is a property of the model's forward, not of a block class (Z-Image's and Lumina2's refiners reuse
+their main block class on text alone or image alone), so each family names its block lists by path, in forward
+order, and only those are hooked. Blocks are indexed among the ones that carry text; a block that drops the text
+stream (SD3's last, ``context_pre_only``) is not counted. Classes are named, not imported, so a diffusers release
+without some family still loads the others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from fastrepulse.tokens import TextLayout, mask_spans
 
 MIN_DIFFUSERS = (0, 35)
 """Flux single-stream blocks take and return ``(text, image)`` separately from this release on."""
 
-SUPPORTED = (
-    "FluxPipeline, FluxKontextPipeline and other Flux pipelines (FluxTransformer2DModel); "
-    "StableDiffusion3Pipeline for SD3/SD3.5 (SD3Transformer2DModel); "
-    "StableDiffusionPipeline and StableDiffusionXLPipeline (UNet2DConditionModel) with method='particle' or 'cads'"
-)
-
 
 @dataclass(frozen=True)
 class BlockKind:
-    """Where one block class keeps its text stream.
+    """Where one kind of block keeps its text.
 
     Attributes:
-        name: "dual" (Flux), "single" (Flux single-stream: one ``[text, image]`` sequence) or "joint" (SD3).
-        attention_text: index of the text output of ``block.attn``; None when the attention output is the whole
-            ``[text, image]`` sequence, text first.
-        block_text: index of the text hidden state in the block's output tuple (image at ``1 - block_text``).
+        name: "dual" (separate text and image streams) or "single" (one joint sequence holding both).
+        attention: attribute of the block's attention module.
+        attention_text: index of the text in the attention's output when that is a tuple; an attention that
+            returns one tensor returns the joint sequence.
+        block_text: index of the text in the block's output when that is a tuple; a block that returns one tensor
+            returns the joint sequence.
     """
 
     name: str
-    attention_text: int | None
+    attention: str = "attn"
+    attention_text: int = 1
     block_text: int = 0
+
+
+DUAL = BlockKind("dual")
+"""Flux-style dual-stream block: attention returns (image, text), the block (text, image)."""
+SINGLE = BlockKind("single")
+"""Flux-style single-stream block: one joint attention sequence; the block returns (text, image) or the sequence."""
+
+
+@dataclass(frozen=True)
+class BlockList:
+    """One ModuleList of the denoiser, by path, and the kind of its blocks."""
+
+    path: str
+    kind: BlockKind
+
+
+@dataclass(frozen=True)
+class Family:
+    """One denoiser family: its classes, its text-carrying blocks, and how its forward is called.
+
+    Attributes:
+        name: short name, as in the support matrix (docs/usage.md).
+        classes: the denoiser classes (by name) of the family.
+        blocks: the block lists whose text is contextual, in forward order; empty: no contextual stream.
+        timestep: the forward's timestep argument, and its values at pure noise and at the clean image
+            (CADS anneals on t in [0, 1], 1 = noise).
+        text: the forward's text argument (what CADS perturbs, and what tells prompts apart).
+        image: the forward's image argument (its first dimension is the batch).
+        mask: the forward's text mask argument, if it masks pads: [B, text] or [B, text + image], text first.
+        registers: tokens the denoiser puts before the text in its text stream (AuraFlow).
+        no_stream: for a family without a contextual stream, why.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    blocks: tuple[BlockList, ...] = ()
+    timestep: tuple[str, float, float] = ("timestep", 1.0, 0.0)
+    text: str = "encoder_hidden_states"
+    image: str = "hidden_states"
+    mask: str | None = None
+    registers: int = 0
+    no_stream: str = ""
+    layout: Callable[[Family, dict[str, Any]], TextLayout] | None = None
+
+    def noise_level(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The sampler time t in [0, 1] (1 = pure noise) of the forward's `timestep` argument, on its device."""
+        _, noise, clean = self.timestep
+        return (timestep.to(torch.float64) - clean) / (noise - clean)
+
+    def text_layout(self, arguments: dict[str, Any]) -> TextLayout:
+        """Where the text is in this call (the forward's arguments): by default the text stream as given, first
+        in joint sequences, its masked pads left out (one host read where the family masks)."""
+        if self.layout is not None:
+            return self.layout(self, arguments)
+        tokens = arguments[self.text].shape[1] + self.registers
+        mask = arguments.get(self.mask) if self.mask else None
+        if mask is None:
+            return TextLayout(tokens)
+        spans = mask_spans(mask[:, : arguments[self.text].shape[1]])
+        return TextLayout(tokens, spans=tuple((start + self.registers, stop + self.registers) for start, stop in spans))
+
+
+FLUX_LIKE = (BlockList("transformer_blocks", DUAL), BlockList("single_transformer_blocks", SINGLE))
+
+FAMILIES = (
+    Family("flux", ("FluxTransformer2DModel",), FLUX_LIKE),
+    Family("sd3", ("SD3Transformer2DModel",), (BlockList("transformer_blocks", DUAL),), ("timestep", 1000.0, 0.0)),
+    Family("flux2", ("Flux2Transformer2DModel",), FLUX_LIKE),
+    Family("chroma", ("ChromaTransformer2DModel",), FLUX_LIKE, mask="attention_mask"),
+    Family("longcat-image", ("LongCatImageTransformer2DModel",), FLUX_LIKE),
+    Family("ovis-image", ("OvisImageTransformer2DModel",), FLUX_LIKE),
+    Family("bria", ("BriaTransformer2DModel",), FLUX_LIKE, ("timestep", 1000.0, 0.0)),
+    Family(
+        "qwen-image",
+        ("QwenImageTransformer2DModel",),
+        (BlockList("transformer_blocks", DUAL),),
+        mask="encoder_hidden_states_mask",
+    ),  # fmt: skip
+    Family(
+        "unet",
+        ("UNet2DConditionModel",),
+        timestep=("timestep", 1000.0, 0.0),
+        no_stream="a UNet's text conditioning enters by cross-attention only and never changes inside the network",
+    ),  # fmt: skip
+)
+"""Every denoiser family fastrepulse knows, contextual or baselines-only."""
 
 
 @dataclass(frozen=True)
@@ -45,54 +134,48 @@ class TextBlock:
     module: torch.nn.Module
     kind: BlockKind
 
+    @property
+    def attention(self) -> torch.nn.Module:
+        """The block's attention module (the "attention" site's hook goes there)."""
+        return self.module.get_submodule(self.kind.attention)
+
 
 @dataclass(frozen=True)
 class Denoiser:
-    """The pipeline's denoiser and what fastrepulse can do with it."""
+    """The pipeline's denoiser, its family, and its text-carrying blocks (empty: no contextual stream)."""
 
     module: torch.nn.Module
-    family: str  # "flux", "sd3" or "unet"
-    blocks: tuple[TextBlock, ...]  # empty for UNets: no contextual stream
-
-    @property
-    def timestep_scale(self) -> float:
-        """What the denoiser's `timestep` argument is at pure noise (Flux pipelines pass t / 1000)."""
-        return 1.0 if self.family == "flux" else 1000.0
+    family: Family
+    blocks: tuple[TextBlock, ...]
 
 
-def _block_kinds() -> dict[type, BlockKind]:
-    from diffusers.models.attention import JointTransformerBlock
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
-
-    return {
-        FluxTransformerBlock: BlockKind("dual", attention_text=1),
-        FluxSingleTransformerBlock: BlockKind("single", attention_text=None),
-        JointTransformerBlock: BlockKind("joint", attention_text=1),
-    }
+def supported() -> str:
+    """The denoiser classes fastrepulse knows, for messages."""
+    contextual = ", ".join(name for family in FAMILIES if family.blocks for name in family.classes)
+    baselines = ", ".join(name for family in FAMILIES if not family.blocks for name in family.classes)
+    return f"{contextual} (every method); {baselines} (method='particle' or 'cads')"
 
 
 def find_denoiser(pipe: object) -> Denoiser:
     """The denoiser of a diffusers pipeline and its text-carrying blocks, or TypeError naming what is supported."""
     import diffusers
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
     major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
     if (major, minor) < MIN_DIFFUSERS:
         raise TypeError(f"fastrepulse needs diffusers >= 0.35, found {diffusers.__version__}; upgrade it")
     module = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
     module = getattr(module, "_orig_mod", module)  # under torch.compile the pipeline holds an OptimizedModule
-    families = {FluxTransformer2DModel: "flux", SD3Transformer2DModel: "sd3", UNet2DConditionModel: "unet"}
-    family = next((name for cls, name in families.items() if isinstance(module, cls)), None)
+    names = {cls.__name__ for cls in type(module).__mro__} if module is not None else set()
+    family = next((family for family in FAMILIES if names & set(family.classes)), None)
     if family is None:
         found = type(module).__name__ if module is not None else "no transformer or unet"
-        raise TypeError(f"fastrepulse supports {SUPPORTED}; got {type(pipe).__name__} with {found}")
-    kinds = _block_kinds()
+        raise TypeError(f"fastrepulse supports {supported()}; got {type(pipe).__name__} with {found}")
     blocks = []
-    for block in module.modules():
-        kind = kinds.get(type(block))
-        if kind is None or getattr(block, "context_pre_only", False):
-            continue
-        blocks.append(TextBlock(len(blocks), block, kind))
+    for block_list in family.blocks:
+        for block in getattr(module, block_list.path, None) or ():
+            if getattr(block, "context_pre_only", False):
+                continue  # drops the text stream: returns no text
+            blocks.append(TextBlock(len(blocks), block, block_list.kind))
     return Denoiser(module, family, tuple(blocks))
 
 

@@ -55,6 +55,7 @@ from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, se
 from fastrepulse.repulsion import Backend, Repulsion, Solver
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
+from fastrepulse.tokens import TextLayout, group_spans
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
 
@@ -131,6 +132,9 @@ class _CallState:
     images_per_prompt: int
     samples: int  # per guidance branch: prompts x images per prompt
     partitions: dict[int, Partition] = field(default_factory=dict)  # by denoiser batch size, found once per call
+    layouts: dict[tuple, tuple[Any, TextLayout, tuple[_Slice, ...]]] = field(default_factory=dict)
+    """By denoiser batch, text length and text mask (held, so that its id stays its own): the mask, where the text is,
+    and the slices of rows and tokens that form the groups (`RepulsionHandle._layout`)."""
     step: int = 0
     generator: torch.Generator | None = None  # CADS noise, seeded at the call's first draw
     statuses: list[tuple[int, int, np.ndarray | torch.Tensor]] = field(default_factory=list)
@@ -138,13 +142,24 @@ class _CallState:
     block, still on the device: read once when the call ends (`RepulsionHandle._report`)."""
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """One group's samples in a hooked tensor, or several consecutive groups of one size: the rows (a slice, or the
+    indices of a group to gather), the group size, and the group's text tokens (start, stop) in the text stream."""
+
+    rows: slice | torch.Tensor
+    size: int
+    start: int
+    stop: int
+
+
 @dataclass
 class _ForwardState:
     """One denoiser call inside a repelled step."""
 
     batch: int
-    text_tokens: int
-    partition: Partition
+    layout: TextLayout
+    slices: tuple[_Slice, ...]
     step: int
     hooks_run: int = 0  # block hooks met so far in this call: the position, in forward order, of the next one
 
@@ -167,7 +182,7 @@ class RepulsionHandle:
         for block in blocks:
             if config.site == "attention":
                 hook = functools.partial(self._after_attention, block.kind)
-                self._hooks.append(block.module.attn.register_forward_hook(hook, with_kwargs=True))
+                self._hooks.append(block.attention.register_forward_hook(hook, with_kwargs=True))
             else:
                 hook = functools.partial(self._after_block, block.kind)
                 self._hooks.append(block.module.register_forward_hook(hook, with_kwargs=True))
@@ -256,66 +271,125 @@ class RepulsionHandle:
         call = self._call
         if call is None or not self.config.touches_step(call.step):
             return None
-        needed = _CADS_ARGUMENTS if self.config.method == "cads" else ("hidden_states", "encoder_hidden_states")
-        if all(name in kwargs for name in needed):  # how diffusers' transformer pipelines call: no binding needed
-            arguments = kwargs
-        else:
-            arguments = _signature(type(module).forward).bind(module, *args, **kwargs).arguments
-        text = arguments["encoder_hidden_states"]
+        family = self.denoiser.family
+        # diffusers' pipelines call their denoisers by keyword: no binding needed
+        arguments = _signature(type(module).forward).bind(module, *args, **kwargs).arguments if args else kwargs
+        text = arguments[family.text]
         if self.config.method != "cads":  # contextual, and particle (whose scheduler step reads the groups)
-            batch = arguments.get("hidden_states", text).shape[0]
+            batch = _batch(arguments.get(family.image, text))
             partition = self._partition(arguments, batch)
-            if self.config.method == "contextual":
-                self._forward = _ForwardState(batch, text.shape[1], partition, call.step)
+            if self.config.method == "contextual" and partition.largest > 1:
+                layout, slices = self._layout(arguments, partition)
+                self._forward = _ForwardState(batch, layout, slices, call.step)
             return None
         if call.generator is None:
             call.generator = torch.Generator(device=text.device).manual_seed(self.config.seed)
-        timestep = torch.as_tensor(arguments["timestep"]).flatten()[0]
-        t = timestep.to(torch.float64) / self.denoiser.timestep_scale  # on the timestep's device: no host sync
+        timestep = torch.as_tensor(arguments[family.timestep[0]]).flatten()[0]
+        t = family.noise_level(timestep)  # on the timestep's device: no host sync
         noisy = cads_condition(text, t, self.config, call.generator)
         if arguments is kwargs:
-            return args, {**kwargs, "encoder_hidden_states": noisy}
+            return args, {**kwargs, family.text: noisy}
         bound = _signature(type(module).forward).bind(module, *args, **kwargs)
-        bound.arguments["encoder_hidden_states"] = noisy
+        bound.arguments[family.text] = noisy
         return bound.args[1:], bound.kwargs
 
-    def _after_attention(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
-        if kind.attention_text is not None:
-            _run_hook(self, [output[kind.attention_text]], text_prefix=False)
+    def _layout(self, arguments: dict[str, Any], partition: Partition) -> tuple[TextLayout, tuple[_Slice, ...]]:
+        """Where the text is in this denoiser call, and each group's rows and tokens: found once per call for each
+        batch size, text length and text mask (the mask's spans are one host read)."""
+        family = self.denoiser.family
+        mask = arguments.get(family.mask) if family.mask else None
+        key = (partition.batch, _tokens(arguments[family.text]), id(mask))
+        cached = self._call.layouts.get(key)
+        if cached is not None:
+            return cached[1], cached[2]
+        layout = family.text_layout(arguments)
+        if layout.spans is None:
+            spans = ((0, layout.tokens),) * len(partition.groups)
         else:
-            _run_hook(self, [output], text_prefix=self.config.single_stream_tokens == "text")
+            branches = 2 if partition.batch == 2 * self._call.samples else 1
+            spans = group_spans(layout.spans, partition, branches)
+        if partition.size is not None and len(set(spans)) == 1:  # the batch as it is, in one run
+            slices = (_Slice(slice(None), partition.size, *spans[0]),)
+        else:
+            indices = iter(partition.indices(_device(arguments[family.text])))
+            slices = []
+            for group, (start, stop) in zip(partition.groups, spans, strict=True):
+                if len(group) == 1:
+                    continue
+                index = next(indices)
+                rows = slice(group[0], group[-1] + 1) if group == tuple(range(group[0], group[-1] + 1)) else index
+                if stop > start:
+                    slices.append(_Slice(rows, len(group), start, stop))
+            slices = tuple(slices)
+        self._call.layouts[key] = (mask, layout, slices)
+        return layout, slices
+
+    def _after_attention(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+        if isinstance(output, tuple):
+            _run_hook(self, [output[kind.attention_text]], joint=False)
+        else:  # one joint sequence
+            _run_hook(self, [output], joint=True)
         return None
 
     def _after_block(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+        if not isinstance(output, tuple):  # one joint sequence
+            _run_hook(self, [output], joint=True)
+            return None
         parts = [output[kind.block_text]]
         if kind.name == "single" and self.config.single_stream_tokens == "all":
             parts.append(output[1 - kind.block_text])
-        _run_hook(self, parts, text_prefix=False)
+        _run_hook(self, parts, joint=False)
         return None
 
-    def _repel(self, parts: list[torch.Tensor], text_prefix: bool) -> None:
-        """Repel the samples made of `parts` (one vector per sample across the parts) in place, if inside a
-        repelled step; a group that cannot be repelled is left as it was and reported when the call ends."""
+    def _repel(self, parts: list[torch.Tensor], joint: bool) -> None:
+        """Repel the samples made of `parts` in place, if inside a repelled step; a group that cannot be repelled is
+        left as it was and reported when the call ends.
+
+        ``parts[0]`` holds the text: the text stream, or with `joint` a joint sequence with the text at the layout's
+        offset. Of the text only each group's attended tokens are taken; of a joint sequence with
+        ``single_stream_tokens="all"`` every token but the masked pads.
+        """
         forward = self._forward
         if forward is None:
-            return  # outside a repelled step
+            return  # outside a repelled step, or no group of two
         # the hooks run in forward order, once per hooked block: which block this is, without a per-block constant
         # in the hooks (compiled blocks would then each get a graph of their own)
         block = self._block_indices[forward.hooks_run % len(self._block_indices)]
         forward.hooks_run += 1
-        if text_prefix:
-            parts = [parts[0][:, : forward.text_tokens]]
-        partition = forward.partition
-        if parts[0].shape[0] != forward.batch or partition.largest == 1:
+        text = parts[0]
+        if text.shape[0] != forward.batch:
             return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
-        if partition.size is not None:  # consecutive groups of one size: the batch as it is
-            self._record(block, forward.step, self._repulsion.run(parts, parts, partition.size, strict=False))
-            return
-        for index in partition.indices(parts[0].device):  # each prompt's samples gathered, repelled, put back
-            group = [part.index_select(0, index) for part in parts]
-            self._record(block, forward.step, self._repulsion.run(group, group, len(index), strict=False))
-            for part, repelled in zip(parts, group, strict=True):
-                part.index_copy_(0, index, repelled)
+        layout = forward.layout
+        offset = layout.offset if joint else 0
+        end = offset + layout.tokens
+        if text.shape[1] < end if joint else text.shape[1] != end:
+            self._wrong_layout(text, joint)
+        everything = joint and self.config.single_stream_tokens == "all"
+        for where in forward.slices:
+            pieces = [text[:, offset + where.start : offset + where.stop]]
+            if everything:  # the image tokens around the text, not its masked pads
+                whole = where.start == 0 and where.stop == layout.tokens
+                pieces = [text] if whole else [text[:, :offset], pieces[0], text[:, end:]]
+            pieces = [piece for piece in (*pieces, *parts[1:]) if piece.shape[1]]
+            if isinstance(where.rows, slice):
+                group = [piece[where.rows] for piece in pieces]
+                self._record(block, forward.step, self._repulsion.run(group, group, where.size, strict=False))
+                continue
+            group = [piece.index_select(0, where.rows) for piece in pieces]  # gathered, repelled, put back
+            self._record(block, forward.step, self._repulsion.run(group, group, where.size, strict=False))
+            for piece, repelled in zip(pieces, group, strict=True):
+                piece.index_copy_(0, where.rows, repelled)
+
+    def _wrong_layout(self, text: torch.Tensor, joint: bool) -> None:
+        import diffusers
+
+        layout = self._forward.layout
+        where = f"a joint sequence of at least {layout.offset + layout.tokens}" if joint else f"{layout.tokens}"
+        raise RuntimeError(
+            f"fastrepulse: a hooked block of {type(self.denoiser.module).__name__} returned {text.shape[1]} tokens "
+            f"where the text layout of its '{self.denoiser.family.name}' family expects {where}: this diffusers "
+            f"release ({diffusers.__version__}) lays its blocks out otherwise; unpatch and report it"
+        )
 
     def _record(self, block: int, step: int, status: np.ndarray | torch.Tensor) -> None:
         if isinstance(status, torch.Tensor) or status.any():  # SOLVED is 0; the device's statuses are read later
@@ -363,8 +437,8 @@ class RepulsionHandle:
             branches = 2 if batch == 2 * samples else 1  # [uncond ; cond] in one batch: SD3, UNet pipelines
             branch = batch // branches
             # the text stream only: diffusers 0.35's SD3 pipeline tiles the pooled embeddings across prompts
-            text = arguments["encoder_hidden_states"]
-            if text.shape[0] == batch:
+            text = arguments[self.denoiser.family.text]
+            if _batch(text) == batch:
                 conditioning = [text[-branch:]]  # the conditional branch, last
                 partition = by_conditioning(conditioning, branches)
                 if branches == 2:  # the scheduler step (Particle Guidance) sees one branch
@@ -390,6 +464,20 @@ class RepulsionHandle:
         return contiguous(batch, size)
 
 
+def _batch(x: torch.Tensor | list[torch.Tensor]) -> int:
+    """The batch of a forward argument: a tensor's first dimension, or a list's length (one tensor per sample)."""
+    return len(x) if isinstance(x, (list, tuple)) else x.shape[0]
+
+
+def _tokens(x: torch.Tensor | list[torch.Tensor]) -> int | tuple[int, ...]:
+    """The text length of a forward's text argument, or each sample's where it is a list."""
+    return tuple(item.shape[0] for item in x) if isinstance(x, (list, tuple)) else x.shape[1]
+
+
+def _device(x: torch.Tensor | list[torch.Tensor]) -> torch.device:
+    return x[0].device if isinstance(x, (list, tuple)) else x.device
+
+
 def _prompts(arguments: dict[str, Any]) -> int:
     """How many prompts a pipeline call was given (a string, a list, or embeddings of that batch)."""
     prompt = arguments.get("prompt")
@@ -410,29 +498,28 @@ _CAUSES = {
 }
 
 
-def _run_hook(handle: RepulsionHandle, parts: list[torch.Tensor], text_prefix: bool) -> None:
+def _run_hook(handle: RepulsionHandle, parts: list[torch.Tensor], joint: bool) -> None:
     """A hook's work: eagerly a plain call; while Dynamo traces a compiled block, the custom op, which it records
     without looking inside (the per-call state read at run time never becomes a guard)."""
     if torch.compiler.is_compiling():
-        torch.ops.fastrepulse.repel_in_hook(parts, handle._key, text_prefix)
+        torch.ops.fastrepulse.repel_in_hook(parts, handle._key, joint)
     else:
-        handle._repel(parts, text_prefix)
+        handle._repel(parts, joint)
 
 
 @torch.library.custom_op("fastrepulse::repel_in_hook", mutates_args=("parts",))
-def _repel_in_hook(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
+def _repel_in_hook(parts: list[torch.Tensor], key: int, joint: bool) -> None:
     """`RepulsionHandle._repel` of handle `key`, as an op: compiled blocks call it without a graph break.
 
-    `text_prefix`: repel only the text tokens that lead ``parts[0]`` (a Flux single-stream sequence), as many as
-    the current denoiser call has.
+    `joint`: ``parts[0]`` is a joint sequence (a single-stream block's), its text where the call's layout says.
     """
     handle = _HANDLES.get(key)
     if handle is not None:  # else a handle already removed
-        handle._repel(parts, text_prefix)
+        handle._repel(parts, joint)
 
 
 @_repel_in_hook.register_fake
-def _(parts: list[torch.Tensor], key: int, text_prefix: bool) -> None:
+def _(parts: list[torch.Tensor], key: int, joint: bool) -> None:
     return None
 
 
@@ -478,9 +565,9 @@ def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tu
         return ()
     if not denoiser.blocks:
         raise ValueError(
-            f"method='contextual' repels the text tokens inside transformer blocks, and "
-            f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no contextual text stream; "
-            "use method='particle' or method='cads', which work on UNet pipelines too"
+            f"method='contextual' repels the text tokens as they change inside the denoiser's blocks, and "
+            f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no such text: "
+            f"{denoiser.family.no_stream}; use method='particle' or method='cads', which work there"
         )
     return select_blocks(denoiser.blocks, config.blocks)
 
