@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fastrepulse.tokens import TextLayout, mask_spans
+from fastrepulse.tokens import TextLayout, mask_runs, shifted
 
 MIN_DIFFUSERS = (0, 35)
 """Flux single-stream blocks take and return ``(text, image)`` separately from this release on."""
@@ -48,10 +48,12 @@ SINGLE = BlockKind("single")
 
 @dataclass(frozen=True)
 class BlockList:
-    """One ModuleList of the denoiser, by path, and the kind of its blocks."""
+    """One ModuleList of the denoiser, by path, and the kind of its blocks (`inner`: the attribute of each entry
+    that is the block, where the list holds wrappers: HiDream)."""
 
     path: str
     kind: BlockKind
+    inner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,11 @@ class Family:
         image: the forward's image argument (its first dimension is the batch).
         mask: the forward's text mask argument, if it masks pads: [B, text] or [B, text + image], text first.
         registers: tokens the denoiser puts before the text in its text stream (AuraFlow).
+        conditional_first: a batch holding both guidance branches is ``[cond ; uncond]`` (else ``[uncond ; cond]``).
+        follows_mask: the denoiser places each sample's text by the mask it is given (`fastrepulse.tokens.group_runs`).
         no_stream: for a family without a contextual stream, why.
+        layout: where the text is in a call, where the default (the text argument, first in joint sequences, its
+            masked pads left out) does not say it.
     """
 
     name: str
@@ -79,8 +85,10 @@ class Family:
     image: str = "hidden_states"
     mask: str | None = None
     registers: int = 0
+    conditional_first: bool = False
+    follows_mask: bool = False
     no_stream: str = ""
-    layout: Callable[[Family, dict[str, Any]], TextLayout] | None = None
+    layout: Callable[[dict[str, Any]], TextLayout] | None = None
 
     def noise_level(self, timestep: torch.Tensor) -> torch.Tensor:
         """The sampler time t in [0, 1] (1 = pure noise) of the forward's `timestep` argument, on its device."""
@@ -91,22 +99,59 @@ class Family:
         """Where the text is in this call (the forward's arguments): by default the text stream as given, first
         in joint sequences, its masked pads left out (one host read where the family masks)."""
         if self.layout is not None:
-            return self.layout(self, arguments)
-        tokens = arguments[self.text].shape[1] + self.registers
+            return self.layout(arguments)
+        length = arguments[self.text].shape[1]
         mask = arguments.get(self.mask) if self.mask else None
-        if mask is None:
-            return TextLayout(tokens)
-        spans = mask_spans(mask[:, : arguments[self.text].shape[1]])
-        return TextLayout(tokens, spans=tuple((start + self.registers, stop + self.registers) for start, stop in spans))
+        runs = None if mask is None else shifted(mask_runs(mask[:, :length]), self.registers)
+        return TextLayout(length + self.registers, runs=runs)
+
+
+def _z_image_layout(arguments: dict[str, Any]) -> TextLayout:
+    """Z-Image's unified rows: [image, padded to 32 | caption, padded to 32 | batch padding]; the caption's pads are
+    attended, the batch padding is masked."""
+    patch, frames = arguments.get("patch_size", 2), arguments.get("f_patch_size", 1)
+    depth, height, width = arguments["x"][0].shape[1:]
+    image = (depth // frames) * (height // patch) * (width // patch)
+    captions = [-(-len(caption) // 32) * 32 for caption in arguments["cap_feats"]]
+    return TextLayout(max(captions), offset=-(-image // 32) * 32, runs=tuple(((0, length),) for length in captions))
+
+
+def _lumina2_layout(arguments: dict[str, Any]) -> TextLayout:
+    """Lumina2's joint rows: [attended caption | image | masked padding], each caption as long as its mask says."""
+    runs = mask_runs(arguments["encoder_attention_mask"])
+    return TextLayout(max((stop for row in runs for _, stop in row), default=0), runs=runs)
+
+
+def _hidream_layout(arguments: dict[str, Any]) -> TextLayout:
+    """HiDream's text is [T5 | Llama layer -1], and each block appends its own Llama layer's tokens, which it drops
+    again: a dual block returns all three, a single block [image | text | Llama layer]."""
+    t5, llama = arguments["encoder_hidden_states_t5"].shape[1], arguments["encoder_hidden_states_llama3"].shape[2]
+    return TextLayout(t5 + llama, offset=-(t5 + 2 * llama), stream=t5 + 2 * llama)
+
+
+def _hunyuan_image_layout(arguments: dict[str, Any]) -> TextLayout:
+    """HunyuanImage's text is [Qwen | ByT5], each row reordered to put its attended tokens first; joint sequences
+    are [image | text]."""
+    qwen, byt5 = arguments["encoder_hidden_states"], arguments.get("encoder_hidden_states_2")
+    tokens = qwen.shape[1] + (0 if byt5 is None else byt5.shape[1])
+    masks = [arguments.get("encoder_attention_mask"), arguments.get("encoder_attention_mask_2")]
+    counts = [mask.reshape(mask.shape[0], -1).bool().sum(1) for mask in masks if mask is not None]
+    if not counts:
+        return TextLayout(tokens, offset=-tokens)
+    attended = torch.stack(counts).sum(0).tolist()
+    return TextLayout(tokens, offset=-tokens, runs=tuple(((0, count),) for count in attended))
 
 
 FLUX_LIKE = (BlockList("transformer_blocks", DUAL), BlockList("single_transformer_blocks", SINGLE))
+IMAGE_FIRST = BlockKind("dual", block_text=1)
+"""A dual-stream block that returns (image, text)."""
+JOINT = BlockKind("single")
 
 FAMILIES = (
     Family("flux", ("FluxTransformer2DModel",), FLUX_LIKE),
     Family("sd3", ("SD3Transformer2DModel",), (BlockList("transformer_blocks", DUAL),), ("timestep", 1000.0, 0.0)),
     Family("flux2", ("Flux2Transformer2DModel",), FLUX_LIKE),
-    Family("chroma", ("ChromaTransformer2DModel",), FLUX_LIKE, mask="attention_mask"),
+    Family("chroma", ("ChromaTransformer2DModel",), FLUX_LIKE),  # its 0/1 mask is added to the scores: pads attended
     Family("longcat-image", ("LongCatImageTransformer2DModel",), FLUX_LIKE),
     Family("ovis-image", ("OvisImageTransformer2DModel",), FLUX_LIKE),
     Family("bria", ("BriaTransformer2DModel",), FLUX_LIKE, ("timestep", 1000.0, 0.0)),
@@ -115,13 +160,70 @@ FAMILIES = (
         ("QwenImageTransformer2DModel",),
         (BlockList("transformer_blocks", DUAL),),
         mask="encoder_hidden_states_mask",
-    ),  # fmt: skip
+    ),
+    Family(  # not the noise, context and siglip refiners: image only, text only
+        "z-image",
+        ("ZImageTransformer2DModel",),
+        (BlockList("layers", BlockKind("single", attention="attention")),),
+        ("t", 0.0, 1.0),
+        text="cap_feats",
+        image="x",
+        conditional_first=True,
+        layout=_z_image_layout,
+    ),
+    Family(
+        "hidream",
+        ("HiDreamImageTransformer2DModel",),
+        (
+            BlockList("double_stream_blocks", BlockKind("dual", attention="attn1", block_text=1), inner="block"),
+            BlockList("single_stream_blocks", BlockKind("single", attention="attn1"), inner="block"),
+        ),
+        ("timesteps", 1000.0, 0.0),
+        text="encoder_hidden_states_t5",
+        layout=_hidream_layout,
+    ),
+    Family(  # not the context and noise refiners
+        "lumina2",
+        ("Lumina2Transformer2DModel",),
+        (BlockList("layers", JOINT),),
+        ("timestep", 0.0, 1.0),
+        mask="encoder_attention_mask",
+        follows_mask=True,
+        layout=_lumina2_layout,
+    ),
+    Family(  # not the text-fusion blocks
+        "krea2",
+        ("Krea2Transformer2DModel",),
+        (BlockList("transformer_blocks", JOINT),),
+        mask="encoder_attention_mask",
+    ),
+    Family(  # not the token refiner: text only
+        "hunyuan-image",
+        ("HunyuanImageTransformer2DModel",),
+        (BlockList("transformer_blocks", IMAGE_FIRST), BlockList("single_transformer_blocks", IMAGE_FIRST)),
+        ("timestep", 1000.0, 0.0),
+        mask="encoder_attention_mask",
+        follows_mask=True,
+        layout=_hunyuan_image_layout,
+    ),
+    Family(
+        "cogview4",
+        ("CogView4Transformer2DModel",),
+        (BlockList("transformer_blocks", BlockKind("dual", attention="attn1", block_text=1)),),
+        ("timestep", 1000.0, 0.0),
+    ),
+    Family(
+        "auraflow",
+        ("AuraFlowTransformer2DModel",),
+        (BlockList("joint_transformer_blocks", DUAL), BlockList("single_transformer_blocks", JOINT)),
+        registers=8,
+    ),
     Family(
         "unet",
         ("UNet2DConditionModel",),
         timestep=("timestep", 1000.0, 0.0),
         no_stream="a UNet's text conditioning enters by cross-attention only and never changes inside the network",
-    ),  # fmt: skip
+    ),
 )
 """Every denoiser family fastrepulse knows, contextual or baselines-only."""
 
@@ -172,7 +274,8 @@ def find_denoiser(pipe: object) -> Denoiser:
         raise TypeError(f"fastrepulse supports {supported()}; got {type(pipe).__name__} with {found}")
     blocks = []
     for block_list in family.blocks:
-        for block in getattr(module, block_list.path, None) or ():
+        for entry in getattr(module, block_list.path, None) or ():
+            block = getattr(entry, block_list.inner) if block_list.inner else entry
             if getattr(block, "context_pre_only", False):
                 continue  # drops the text stream: returns no text
             blocks.append(TextBlock(len(blocks), block, block_list.kind))

@@ -55,7 +55,7 @@ from fastrepulse.models import BlockKind, Denoiser, TextBlock, find_denoiser, se
 from fastrepulse.repulsion import Backend, Repulsion, Solver
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
-from fastrepulse.tokens import TextLayout, group_spans
+from fastrepulse.tokens import Runs, TextLayout, group_runs
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
 
@@ -145,12 +145,11 @@ class _CallState:
 @dataclass(frozen=True)
 class _Slice:
     """One group's samples in a hooked tensor, or several consecutive groups of one size: the rows (a slice, or the
-    indices of a group to gather), the group size, and the group's text tokens (start, stop) in the text stream."""
+    indices of a group to gather), the group size, and the runs of text tokens its samples attend."""
 
     rows: slice | torch.Tensor
     size: int
-    start: int
-    stop: int
+    runs: Runs
 
 
 @dataclass
@@ -283,10 +282,13 @@ class RepulsionHandle:
                 self._forward = _ForwardState(batch, layout, slices, call.step)
             return None
         if call.generator is None:
-            call.generator = torch.Generator(device=text.device).manual_seed(self.config.seed)
+            call.generator = torch.Generator(device=_device(text)).manual_seed(self.config.seed)
         timestep = torch.as_tensor(arguments[family.timestep[0]]).flatten()[0]
         t = family.noise_level(timestep)  # on the timestep's device: no host sync
-        noisy = cads_condition(text, t, self.config, call.generator)
+        if isinstance(text, (list, tuple)):  # one text per sample (Z-Image), of varying lengths
+            noisy = [cads_condition(item[None], t, self.config, call.generator)[0] for item in text]
+        else:
+            noisy = cads_condition(text, t, self.config, call.generator)
         if arguments is kwargs:
             return args, {**kwargs, family.text: noisy}
         bound = _signature(type(module).forward).bind(module, *args, **kwargs)
@@ -303,23 +305,23 @@ class RepulsionHandle:
         if cached is not None:
             return cached[1], cached[2]
         layout = family.text_layout(arguments)
-        if layout.spans is None:
-            spans = ((0, layout.tokens),) * len(partition.groups)
+        if layout.runs is None:
+            runs = (((0, layout.tokens),),) * len(partition.groups)
         else:
             branches = 2 if partition.batch == 2 * self._call.samples else 1
-            spans = group_spans(layout.spans, partition, branches)
-        if partition.size is not None and len(set(spans)) == 1:  # the batch as it is, in one run
-            slices = (_Slice(slice(None), partition.size, *spans[0]),)
+            runs = group_runs(layout.runs, partition, branches, follows_mask=family.follows_mask)
+        if partition.size is not None and len(set(runs)) == 1:  # the batch as it is, in one run
+            slices = (_Slice(slice(None), partition.size, runs[0]),)
         else:
             indices = iter(partition.indices(_device(arguments[family.text])))
             slices = []
-            for group, (start, stop) in zip(partition.groups, spans, strict=True):
+            for group, group_runs_ in zip(partition.groups, runs, strict=True):
                 if len(group) == 1:
                     continue
                 index = next(indices)
                 rows = slice(group[0], group[-1] + 1) if group == tuple(range(group[0], group[-1] + 1)) else index
-                if stop > start:
-                    slices.append(_Slice(rows, len(group), start, stop))
+                if group_runs_:
+                    slices.append(_Slice(rows, len(group), group_runs_))
             slices = tuple(slices)
         self._call.layouts[key] = (mask, layout, slices)
         return layout, slices
@@ -360,16 +362,21 @@ class RepulsionHandle:
         if text.shape[0] != forward.batch:
             return  # a text batch that broadcasts over the images (prompt embeds of batch 1) has nothing to split
         layout = forward.layout
-        offset = layout.offset if joint else 0
+        if joint:
+            offset = layout.offset if layout.offset >= 0 else text.shape[1] + layout.offset
+            if offset < 0 or text.shape[1] < offset + layout.tokens:
+                self._wrong_layout(text, joint)
+        else:
+            offset = 0
+            if text.shape[1] != (layout.stream or layout.tokens):
+                self._wrong_layout(text, joint)
         end = offset + layout.tokens
-        if text.shape[1] < end if joint else text.shape[1] != end:
-            self._wrong_layout(text, joint)
         everything = joint and self.config.single_stream_tokens == "all"
         for where in forward.slices:
-            pieces = [text[:, offset + where.start : offset + where.stop]]
-            if everything:  # the image tokens around the text, not its masked pads
-                whole = where.start == 0 and where.stop == layout.tokens
-                pieces = [text] if whole else [text[:, :offset], pieces[0], text[:, end:]]
+            pieces = [text[:, offset + start : offset + stop] for start, stop in where.runs]
+            if everything:  # the other tokens around the text, not its masked pads
+                whole = where.runs == ((0, layout.tokens),)
+                pieces = [text] if whole else [text[:, :offset], *pieces, text[:, end:]]
             pieces = [piece for piece in (*pieces, *parts[1:]) if piece.shape[1]]
             if isinstance(where.rows, slice):
                 group = [piece[where.rows] for piece in pieces]
@@ -384,7 +391,8 @@ class RepulsionHandle:
         import diffusers
 
         layout = self._forward.layout
-        where = f"a joint sequence of at least {layout.offset + layout.tokens}" if joint else f"{layout.tokens}"
+        joint_length = abs(layout.offset) + (layout.tokens if layout.offset >= 0 else 0)
+        where = f"a joint sequence of at least {joint_length}" if joint else f"{layout.stream or layout.tokens}"
         raise RuntimeError(
             f"fastrepulse: a hooked block of {type(self.denoiser.module).__name__} returned {text.shape[1]} tokens "
             f"where the text layout of its '{self.denoiser.family.name}' family expects {where}: this diffusers "
@@ -433,13 +441,14 @@ class RepulsionHandle:
         if self.config.group_size != "auto":
             partition = self._fixed_partition(batch, self.config.group_size)
         else:
-            samples = call.samples
-            branches = 2 if batch == 2 * samples else 1  # [uncond ; cond] in one batch: SD3, UNet pipelines
+            family = self.denoiser.family
+            branches = 2 if batch == 2 * call.samples else 1  # both branches in one batch: SD3, Z-Image, UNets
             branch = batch // branches
             # the text stream only: diffusers 0.35's SD3 pipeline tiles the pooled embeddings across prompts
-            text = arguments[self.denoiser.family.text]
+            text = arguments[family.text]
             if _batch(text) == batch:
-                conditioning = [text[-branch:]]  # the conditional branch, last
+                conditional = slice(0, branch) if family.conditional_first else slice(batch - branch, batch)
+                conditioning = _rows_of(text[conditional])
                 partition = by_conditioning(conditioning, branches)
                 if branches == 2:  # the scheduler step (Particle Guidance) sees one branch
                     call.partitions.setdefault(branch, by_conditioning(conditioning))
@@ -472,6 +481,15 @@ def _batch(x: torch.Tensor | list[torch.Tensor]) -> int:
 def _tokens(x: torch.Tensor | list[torch.Tensor]) -> int | tuple[int, ...]:
     """The text length of a forward's text argument, or each sample's where it is a list."""
     return tuple(item.shape[0] for item in x) if isinstance(x, (list, tuple)) else x.shape[1]
+
+
+def _rows_of(text: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """The conditioning of each sample as rows of tensors [n, ...]: the text, or a list of texts of varying lengths
+    padded, with their lengths."""
+    if not isinstance(text, (list, tuple)):
+        return [text]
+    lengths = torch.tensor([len(item) for item in text])
+    return [torch.nn.utils.rnn.pad_sequence(list(text), batch_first=True), lengths]
 
 
 def _device(x: torch.Tensor | list[torch.Tensor]) -> torch.device:
@@ -567,7 +585,7 @@ def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tu
         raise ValueError(
             f"method='contextual' repels the text tokens as they change inside the denoiser's blocks, and "
             f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no such text: "
-            f"{denoiser.family.no_stream}; use method='particle' or method='cads', which work there"
+            f"{denoiser.family.no_stream}; use method='particle' or 'cads', which work there"
         )
     return select_blocks(denoiser.blocks, config.blocks)
 

@@ -42,6 +42,7 @@ def wrap_scheduler(scheduler: Any, listener: StepListener) -> Any:
 
     namespace = {
         "step": step,
+        **({} if hasattr(base, "scale_model_input") else {"scale_model_input": _unscaled}),
         "__copy__": __copy__,
         "__reduce__": __reduce__,
         "__module__": base.__module__,
@@ -51,6 +52,12 @@ def wrap_scheduler(scheduler: Any, listener: StepListener) -> Any:
     wrapper = object.__new__(counting)
     wrapper.__dict__ = scheduler.__dict__
     return wrapper
+
+
+def _unscaled(self: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The input as it is, for a scheduler class without ``scale_model_input``: Bria calls it on any scheduler whose
+    type is not exactly FlowMatchEulerDiscreteScheduler, as a wrapper's is not, and skips it on that class."""
+    return sample
 
 
 def unwrap_scheduler(scheduler: Any) -> Any:

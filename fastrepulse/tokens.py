@@ -1,9 +1,9 @@
 """Which tokens of a block's output are a sample's contextual text: the text stream, or a span of a joint sequence,
 less the pad tokens the model masks out.
 
-A denoiser call's `TextLayout` says how long the text stream is, where it starts in the joint sequences of its
-single-stream blocks, and, where the model masks pads, each sample's attended span. Samples of one prompt share
-their span (`group_spans`), so every group is one contiguous slice of rows and tokens: a view, repelled in place.
+A denoiser call's `TextLayout` says how long the text is, where it lies in the joint sequences of the single-stream
+blocks, and, where the model masks pads, which runs of tokens each sample attends. The samples of one prompt share
+their runs (`group_runs`), so each group is a slice of rows and a few slices of tokens: views, repelled in place.
 """
 
 from __future__ import annotations
@@ -14,64 +14,82 @@ import torch
 
 from fastrepulse.groups import Partition
 
+Runs = tuple[tuple[int, int], ...]
+"""Runs of attended tokens ``(start, stop)``, in order, within a sample's text."""
+
 
 @dataclass(frozen=True)
 class TextLayout:
     """Where the text is in one denoiser call.
 
     Attributes:
-        tokens: length of the text stream as the blocks see it (registers included, pads included).
-        offset: where the text starts in a joint ``[.., text, ..]`` sequence (0: text first).
-        spans: each sample's attended tokens ``(start, stop)`` within the text stream, or None: all of them.
+        tokens: the text's length (registers and attended pads included).
+        offset: where the text starts in a joint sequence; negative: counted from the sequence's end.
+        stream: the length of the text stream the dual-stream blocks return, where it is longer than the text
+            (HiDream appends tokens that each block drops again); None: `tokens`.
+        runs: each sample's attended runs within the text, or None: all of it.
     """
 
     tokens: int
     offset: int = 0
-    spans: tuple[tuple[int, int], ...] | None = None
+    stream: int | None = None
+    runs: tuple[Runs, ...] | None = None
 
 
-def mask_spans(mask: torch.Tensor) -> tuple[tuple[int, int], ...]:
-    """Each row's attended tokens ``(start, stop)`` from a text mask [B, L] (one host read).
+def mask_runs(mask: torch.Tensor) -> tuple[Runs, ...]:
+    """Each row's runs of attended tokens from a text mask [B, L] (one host read)."""
+    rows = mask.reshape(mask.shape[0], -1).bool().cpu().tolist()
+    result = []
+    for row in rows:
+        runs, start = [], None
+        for position, attended in enumerate([*row, False]):
+            if attended and start is None:
+                start = position
+            elif not attended and start is not None:
+                runs.append((start, position))
+                start = None
+        result.append(tuple(runs))
+    return tuple(result)
 
-    Raises:
-        ValueError: a row whose attended tokens are not one run (fastrepulse takes a sample's text as one slice).
+
+def shifted(runs: tuple[Runs, ...], by: int) -> tuple[Runs, ...]:
+    """`runs` moved `by` tokens later (past registers put before the text)."""
+    return tuple(tuple((start + by, stop + by) for start, stop in row) for row in runs)
+
+
+def group_runs(runs: tuple[Runs, ...], partition: Partition, branches: int, *, follows_mask: bool) -> tuple[Runs, ...]:
+    """The runs of each group of `partition`, which its samples share.
+
+    Some pipelines (Qwen-Image, HunyuanImage, Lumina2) repeat the masks of several prompts prompt by prompt
+    ([m0, m1, m0, m1]) where they repeat the embeddings image by image ([p0, p0, p1, p1]), so one prompt's rows
+    disagree. Where the text sits at fixed positions (a text stream), a group's prompt's own mask is then the one at
+    the prompt's index in its branch. Where the model places the text by the mask it is given (`follows_mask`:
+    Lumina2 and HunyuanImage pack each row's attended tokens first), a group takes the tokens that every one of its
+    samples attends, which are text in each of them.
     """
-    attended = mask.reshape(mask.shape[0], -1).bool()
-    length = attended.shape[1]
-    position = torch.arange(length, device=attended.device)
-    start = torch.where(attended, position, length).amin(1)
-    stop = torch.where(attended, position + 1, 0).amax(1)
-    rows = torch.stack([start, stop, attended.sum(1)], 1).tolist()
-    for row, (first, last, count) in enumerate(rows):
-        if count and last - first != count:
-            raise ValueError(
-                f"the text mask of sample {row} attends {count} tokens that are not one run ({first}..{last}); "
-                "fastrepulse takes each sample's text as one slice and cannot repel this pipeline's text"
-            )
-    return tuple((first, last) if count else (0, 0) for first, last, count in rows)
-
-
-def group_spans(spans: tuple[tuple[int, int], ...], partition: Partition, branches: int) -> tuple[tuple[int, int], ...]:
-    """The span of each group of `partition`: its samples' own, which one prompt's samples share.
-
-    Some pipelines (Qwen-Image, HunyuanImage) repeat the masks of several prompts prompt by prompt
-    ([m0, m1, m0, m1]) where they repeat the embeddings image by image ([p0, p0, p1, p1]): a group's rows then
-    disagree, and its prompt's own mask is the one at the prompt's index in its branch. Raises ValueError if the
-    spans fit neither order.
-    """
-    spans_of = [{spans[row] for row in group} for group in partition.groups]
-    if all(len(found) == 1 for found in spans_of):
-        return tuple(found.pop() for found in spans_of)
+    found = [{runs[row] for row in group} for group in partition.groups]
+    if all(len(group) == 1 for group in found):
+        return tuple(group.pop() for group in found)
     branch = partition.batch // branches
-    groups_per_branch = len(partition.groups) // branches
-    tiled = []
-    for index, group in enumerate(partition.groups):
-        first = group[0] // branch * branch  # the first row of this group's branch
-        tiled.append(spans[first + index % groups_per_branch])
-    prompts = groups_per_branch
-    if all(spans[row] == spans[row // branch * branch + (row % branch) % prompts] for row in range(partition.batch)):
-        return tuple(tiled)
-    raise ValueError(
-        "the text masks of one prompt's samples disagree, in an order fastrepulse does not know: "
-        "pass group_size= to fastrepulse.patch, or prompt embeddings and masks in the same order"
-    )
+    prompts = len(partition.groups) // branches
+    tiled = all(runs[row] == runs[row // branch * branch + row % branch % prompts] for row in range(partition.batch))
+    if tiled and not follows_mask:
+        return tuple(
+            runs[group[0] // branch * branch + index % prompts] for index, group in enumerate(partition.groups)
+        )
+    return tuple(_common(runs[row] for row in group) for group in partition.groups)
+
+
+def _common(rows) -> Runs:
+    """The runs of the tokens in every one of `rows`' runs."""
+    common = None
+    for row in rows:
+        positions = {position for start, stop in row for position in range(start, stop)}
+        common = positions if common is None else common & positions
+    result: list[tuple[int, int]] = []
+    for position in sorted(common or ()):
+        if result and result[-1][1] == position:
+            result[-1] = (result[-1][0], position + 1)
+        else:
+            result.append((position, position + 1))
+    return tuple(result)

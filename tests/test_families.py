@@ -1,0 +1,299 @@
+"""Every supported family on a tiny offline pipeline: which tokens are repelled, groups, exactness, refusals.
+
+Each pipeline is called as its users call it (prompt strings through its own text encoder, its own CFG style),
+with 2 prompts x 2 images, 2 steps. The text lengths a prompt should have are found apart from fastrepulse: from a
+call with that prompt alone (no padding to another prompt), less the pads its mask excludes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import pipelines
+import pipelines_dual
+import pipelines_unified
+import pytest
+import torch
+
+import fastrepulse
+from fastrepulse.models import find_denoiser
+from fastrepulse.repulsion import Repulsion
+
+PROMPTS = ["a red cat", "a small blue dog on a hill"]  # of different lengths: pads differ between them
+IMAGES = 2
+STEPS = 2
+
+BUILDERS = {**pipelines_dual.BUILDERS, **pipelines_unified.BUILDERS}
+SIZE = {"height": pipelines.HEIGHT, "width": pipelines.WIDTH}
+CALLS = {name: {**SIZE, **call} for name, call in {**pipelines_dual.CALLS, **pipelines_unified.CALLS}.items()}
+ONE_PROMPT = {"qwenimage_edit_plus"}
+"""Pipelines that take one prompt per call (upstream)."""
+
+
+def _prompts(name: str) -> list[str]:
+    return PROMPTS[:1] if name in ONE_PROMPT else PROMPTS
+
+
+@dataclass
+class Run:
+    """One repulsion run by a hook: its pieces (cloned before it ran), its group size and its block."""
+
+    pieces: list[torch.Tensor]
+    group_size: int
+    block: int
+    call: int  # the denoiser call of the pipeline call it ran in
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def family(request: pytest.FixtureRequest) -> tuple[str, object]:
+    return request.param, BUILDERS[request.param]()
+
+
+def _generate(name: str, pipe, prompts: list[str] | None = None, seed: int = 0) -> torch.Tensor:
+    prompts = prompts or _prompts(name)
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = {"num_inference_steps": STEPS, "output_type": "latent", **CALLS[name]}
+    # a copy: Z-Image's pipeline writes its chat template into the caller's list
+    output = pipe(prompt=list(prompts), num_images_per_prompt=IMAGES, generator=generator, **kwargs)
+    return output.images
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, calls: list[int] = ()) -> list[Run]:
+    """Record every repulsion the hooks run (and still run it); `calls`: a list that grows by one at each denoiser
+    call, to tell which call a run is in."""
+    runs: list[Run] = []
+    real_run, real_repel = Repulsion.run, fastrepulse.RepulsionHandle._repel
+    current: list[fastrepulse.RepulsionHandle] = []
+
+    def repel(self, parts, joint):
+        current.append(self)
+        try:
+            real_repel(self, parts, joint)
+        finally:
+            current.pop()
+
+    def run(self, parts, outs, group_size, **options):
+        handle = current[-1]
+        block = handle._block_indices[(handle._forward.hooks_run - 1) % len(handle._block_indices)]
+        runs.append(Run([part.clone() for part in parts], group_size, block, len(calls) - 1))
+        return real_run(self, parts, outs, group_size, **options)
+
+    monkeypatch.setattr(fastrepulse.RepulsionHandle, "_repel", repel)
+    monkeypatch.setattr(Repulsion, "run", run)
+    return runs
+
+
+def _attended(name: str, arguments: dict) -> list[int]:
+    """The text tokens each row of a denoiser call attends, as the family's pipeline and model lay them out
+    (written from runs of each pipeline, apart from fastrepulse's registry)."""
+    if name.startswith("z_image"):  # captions of their own lengths, padded to 32 with attended pad tokens
+        return [-(-len(caption) // 32) * 32 for caption in arguments["cap_feats"]]
+    if name == "hidream":  # T5, then the last Llama layer
+        t5 = arguments["encoder_hidden_states_t5"]
+        return [t5.shape[1] + arguments["encoder_hidden_states_llama3"].shape[2]] * t5.shape[0]
+    if name == "hunyuan_image":  # the attended Qwen and ByT5 tokens, packed first
+        masks = [arguments[key] for key in ("encoder_attention_mask", "encoder_attention_mask_2")]
+        return sum(mask.bool().sum(1) for mask in masks if mask is not None).tolist()
+    text = arguments["encoder_hidden_states"]
+    masks = {"lumina2": "encoder_attention_mask", "krea2": "encoder_attention_mask"}
+    mask = arguments.get(masks.get(name, "encoder_hidden_states_mask"))
+    if mask is not None:
+        return mask.bool().sum(1).tolist()
+    return [text.shape[1] + (8 if name == "aura_flow" else 0)] * text.shape[0]  # AuraFlow's registers
+
+
+PADS_TO_THE_LONGEST = {"cogview4"}
+"""Pipelines that pad every prompt of a call to the longest and attend the pads."""
+MASK_PLACES_TEXT = {"lumina2", "hunyuan_image"}
+"""Pipelines that repeat the masks prompt by prompt, the embeddings image by image, into a model that places each
+row's text by its mask: one prompt's rows then hold its text at different places, and a group takes the tokens
+every one of its rows attends (with 2 images of 2 prompts: the shorter prompt's length, in both groups)."""
+
+
+def _negatives(name: str, count: int) -> list[str | None]:
+    negative = CALLS[name].get("negative_prompt")
+    return list(negative) if isinstance(negative, list) else [negative] * count
+
+
+def _lengths_alone(name: str, pipe, prompt: str, negative: str | None) -> list[list[int]]:
+    """Per denoiser call of the first step, each row's attended text, for `prompt` alone (2 images)."""
+    denoiser = find_denoiser(pipe).module
+    signature = inspect.signature(type(denoiser).forward)
+    seen: list[list[int]] = []
+
+    def hook(module, args, kwargs):
+        seen.append(_attended(name, signature.bind(module, *args, **kwargs).arguments))
+
+    call = {key: value for key, value in CALLS[name].items() if key != "negative_prompt"}
+    if negative is not None:
+        call["negative_prompt"] = [negative]
+    if isinstance(call.get("image"), list):
+        call["image"] = call["image"][:1]  # one reference image per prompt
+    handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        pipe(prompt=[prompt], num_images_per_prompt=IMAGES, num_inference_steps=1, output_type="latent",
+             generator=generator, **call)  # fmt: skip
+    finally:
+        handle.remove()
+    return seen
+
+
+def _expected_runs(name: str, pipe, prompts: list[str]) -> list[list[int]]:
+    """Per denoiser call of the first step: the text length of each run a hooked block makes, group by group in
+    prompt order within each guidance branch (one run for the whole batch where all groups have one length)."""
+    alone = [
+        _lengths_alone(name, pipe, prompt, negative)
+        for prompt, negative in zip(prompts, _negatives(name, len(prompts)), strict=True)
+    ]
+    expected = []
+    for index in range(len(alone[0])):  # denoiser calls per step: one, or one per branch
+        rows = [lengths[index] for lengths in alone]
+        branches = len(rows[0]) // IMAGES
+        groups = []
+        for branch in range(branches):
+            found = [row[branch * IMAGES] for row in rows]
+            if name in PADS_TO_THE_LONGEST:
+                found = [max(found)] * len(found)
+            if name in MASK_PLACES_TEXT:
+                found = [min(found)] * len(found)
+            groups.extend(found)
+        expected.append(groups[:1] if len(set(groups)) == 1 else groups)
+    return expected
+
+
+def test_scale_zero_and_unpatch_give_the_unpatched_images(family) -> None:
+    name, pipe = family
+    base = _generate(name, pipe)
+    for method in ("contextual", "particle", "cads"):
+        with fastrepulse.patched(pipe, method=method, scale=0.0):
+            assert torch.equal(_generate(name, pipe), base), method
+    fastrepulse.patch(pipe, method="contextual", scale=1e4).remove()
+    assert torch.equal(_generate(name, pipe), base)
+
+
+def test_repulsion_changes_the_images(family) -> None:
+    name, pipe = family
+    base = _generate(name, pipe)
+    for method, scale in (("contextual", 1e4), ("particle", 30.0), ("cads", 0.25)):
+        with fastrepulse.patched(pipe, method=method, scale=scale, steps="all"):
+            assert not torch.equal(_generate(name, pipe), base), method
+
+
+def test_the_repelled_tokens_are_each_prompts_attended_text(family, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run repels one prompt's 2 images (never a branch's other prompt, never the other branch), and takes
+    exactly that prompt's attended text tokens: as many as it has alone, no image token, no masked pad."""
+    name, pipe = family
+    prompts = _prompts(name)
+    expected = _expected_runs(name, pipe, prompts)
+    calls: list[int] = []
+    counter = find_denoiser(pipe).module.register_forward_pre_hook(lambda module, args: calls.append(len(calls)))
+    runs = _record(monkeypatch, calls)
+    try:
+        with fastrepulse.patched(pipe, method="contextual", scale=1e4, site="block", single_stream_tokens="text"):
+            _generate(name, pipe, prompts)
+    finally:
+        counter.remove()
+    assert {run.group_size for run in runs} == {IMAGES}
+    blocks = len(find_denoiser(pipe).blocks)
+    found = [[] for _ in expected]
+    for run in runs:
+        found[run.call].append(sum(piece.shape[1] for piece in run.pieces))
+    assert found == [lengths * blocks for lengths in expected]
+
+
+def _text_start(name: str, joint: int, arguments: dict) -> int:
+    """Where the text starts in a single-stream block's joint output of `joint` tokens (as each pipeline's runs
+    showed, apart from fastrepulse's registry)."""
+    if name == "hidream":  # [image | T5 | Llama layer -1 | this block's Llama layer]
+        t5, llama = arguments["encoder_hidden_states_t5"].shape[1], arguments["encoder_hidden_states_llama3"].shape[2]
+        return joint - t5 - 2 * llama
+    if name.startswith("z_image"):  # [image, padded to 32 | caption | ...]
+        height, width = arguments["x"][0].shape[-2:]
+        return -(-(height // 2) * (width // 2) // 32) * 32
+    return 0  # [text | image]
+
+
+def test_joint_sequences_give_up_exactly_their_text(family, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In blocks that return one joint sequence, each run repels the text tokens at the family's text position,
+    as the block returned them (no image token): compared value for value."""
+    name, pipe = family
+    denoiser = find_denoiser(pipe)
+    signature = inspect.signature(type(denoiser.module).forward)
+    calls: list[dict] = []
+    outputs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def before(module, args, kwargs):
+        calls.append(signature.bind(module, *args, **kwargs).arguments)
+
+    def capture(index: int):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor):
+                outputs[len(calls) - 1, index] = output.clone()
+
+        return hook
+
+    hooks = [denoiser.module.register_forward_pre_hook(before, with_kwargs=True)]
+    hooks += [block.module.register_forward_hook(capture(block.index)) for block in denoiser.blocks]
+    runs = _record(monkeypatch, calls)
+    try:
+        with fastrepulse.patched(pipe, method="contextual", scale=1e4, site="block", single_stream_tokens="text"):
+            _generate(name, pipe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not outputs:
+        pytest.skip("no block of this family returns a joint sequence")
+    checked = 0
+    for (call, block), output in outputs.items():
+        block_runs = [run for run in runs if run.call == call and run.block == block]
+        start = _text_start(name, output.shape[1], calls[call])
+        for index, run in enumerate(block_runs):
+            rows = slice(None) if run.pieces[0].shape[0] == output.shape[0] else slice(2 * index, 2 * index + 2)
+            text = torch.cat(run.pieces, dim=1)
+            mask = calls[call].get("encoder_attention_mask") if name == "krea2" else None  # [prompt | pads | suffix]
+            if mask is None:
+                positions = torch.arange(start, start + text.shape[1])
+            else:
+                positions = start + mask[rows][0].bool().nonzero()[:, 0]
+            assert torch.equal(text, output[rows][:, positions]), (call, block, index)
+            checked += 1
+    assert checked
+
+
+def test_the_hooked_text_is_contextual(family, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text each block repels changes when only the latents change (another seed): it is contextual."""
+    name, pipe = family
+    runs = _record(monkeypatch)
+    with fastrepulse.patched(pipe, method="contextual", scale=1e-30, site="block", single_stream_tokens="text"):
+        _generate(name, pipe, seed=0)
+        first = list(runs)
+        runs.clear()
+        _generate(name, pipe, seed=1)
+    assert len(first) == len(runs)
+    for one, other in zip(first, runs, strict=True):
+        assert one.block == other.block
+        assert not torch.equal(one.pieces[0], other.pieces[0]), f"block {one.block}"
+
+
+def test_a_prompt_is_independent_of_the_prompt_beside_it(family) -> None:
+    """Where the unpatched pipeline gives a prompt's images whatever prompt shares the call, so does the patched one."""
+    name, pipe = family
+    if name in ONE_PROMPT:
+        pytest.skip("one prompt per call")
+    other = [PROMPTS[0], "a green bird"]
+    unpatched = torch.equal(_generate(name, pipe)[:IMAGES], _generate(name, pipe, other)[:IMAGES])
+    with fastrepulse.patched(pipe, method="contextual", scale=1e4, steps="all"):
+        patched = torch.equal(_generate(name, pipe)[:IMAGES], _generate(name, pipe, other)[:IMAGES])
+    assert patched == unpatched
+
+
+def test_bad_options_are_refused_at_patch_time(family) -> None:
+    name, pipe = family
+    count = len(find_denoiser(pipe).blocks)
+    with pytest.raises(ValueError, match=f"this model has {count} text blocks"):
+        fastrepulse.patch(pipe, method="contextual", scale=1.0, blocks=(count,))
+    with pytest.raises(ValueError, match="site"):
+        fastrepulse.patch(pipe, method="contextual", scale=1.0, site="nowhere")
+    assert not hasattr(pipe, fastrepulse.patching.HANDLE_ATTRIBUTE)
