@@ -66,13 +66,15 @@ class Family:
         blocks: the block lists whose text is contextual, in forward order; empty: no contextual stream.
         timestep: the forward's timestep argument, and its values at pure noise and at the clean image
             (CADS anneals on t in [0, 1], 1 = noise).
-        text: the forward's text argument (what CADS perturbs, and what tells prompts apart).
+        text: the forward's text embeddings argument (what CADS perturbs, and what tells prompts apart); None: the
+            forward takes token ids, and a group is ``num_images_per_prompt`` consecutive samples.
         image: the forward's image argument (its first dimension is the batch).
         mask: the forward's text mask argument, if it masks pads: [B, text] or [B, text + image], text first.
         registers: tokens the denoiser puts before the text in its text stream (AuraFlow).
         conditional_first: a batch holding both guidance branches is ``[cond ; uncond]`` (else ``[uncond ; cond]``).
         follows_mask: the denoiser places each sample's text by the mask it is given (`fastrepulse.tokens.group_runs`).
         no_stream: for a family without a contextual stream, why.
+        baselines: the baseline methods that work on the family.
         layout: where the text is in a call, where the default (the text argument, first in joint sequences, its
             masked pads left out) does not say it.
     """
@@ -81,13 +83,14 @@ class Family:
     classes: tuple[str, ...]
     blocks: tuple[BlockList, ...] = ()
     timestep: tuple[str, float, float] = ("timestep", 1.0, 0.0)
-    text: str = "encoder_hidden_states"
+    text: str | None = "encoder_hidden_states"
     image: str = "hidden_states"
     mask: str | None = None
     registers: int = 0
     conditional_first: bool = False
     follows_mask: bool = False
     no_stream: str = ""
+    baselines: tuple[str, ...] = ("particle", "cads")
     layout: Callable[[dict[str, Any]], TextLayout] | None = None
 
     def noise_level(self, timestep: torch.Tensor) -> torch.Tensor:
@@ -141,6 +144,9 @@ def _hunyuan_image_layout(arguments: dict[str, Any]) -> TextLayout:
     attended = torch.stack(counts).sum(0).tolist()
     return TextLayout(tokens, offset=-tokens, runs=tuple(((0, count),) for count in attended))
 
+
+CROSS_ATTENTION = "its text conditioning enters by cross-attention only and never changes inside the network"
+CAUSAL = "its text is encoded causally, ahead of the image, and never changes with the image inside the network"
 
 FLUX_LIKE = (BlockList("transformer_blocks", DUAL), BlockList("single_transformer_blocks", SINGLE))
 IMAGE_FIRST = BlockKind("dual", block_text=1)
@@ -218,12 +224,14 @@ FAMILIES = (
         (BlockList("joint_transformer_blocks", DUAL), BlockList("single_transformer_blocks", JOINT)),
         registers=8,
     ),
-    Family(
-        "unet",
-        ("UNet2DConditionModel",),
-        timestep=("timestep", 1000.0, 0.0),
-        no_stream="a UNet's text conditioning enters by cross-attention only and never changes inside the network",
-    ),
+    Family("unet", ("UNet2DConditionModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
+    Family("pixart", ("PixArtTransformer2DModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
+    Family("sana", ("SanaTransformer2DModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
+    Family("wan", ("WanTransformer3DModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
+    Family("ltx", ("LTXVideoTransformer3DModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
+    Family("qwen-image-2.1", ("QwenImage21Transformer2DModel",), no_stream=CAUSAL),
+    Family("omnigen", ("OmniGenTransformer2DModel",), text=None, no_stream=CAUSAL, baselines=("particle",)),
+    Family("cosmos3", ("Cosmos3OmniTransformer",), no_stream=CAUSAL, baselines=()),
 )
 """Every denoiser family fastrepulse knows, contextual or baselines-only."""
 
@@ -254,8 +262,13 @@ class Denoiser:
 def supported() -> str:
     """The denoiser classes fastrepulse knows, for messages."""
     contextual = ", ".join(name for family in FAMILIES if family.blocks for name in family.classes)
-    baselines = ", ".join(name for family in FAMILIES if not family.blocks for name in family.classes)
-    return f"{contextual} (every method); {baselines} (method='particle' or 'cads')"
+    baselines = ", ".join(
+        f"{name} ({' or '.join(family.baselines)})"
+        for family in FAMILIES
+        if not family.blocks and family.baselines
+        for name in family.classes
+    )
+    return f"{contextual} (every method); {baselines}"
 
 
 def find_denoiser(pipe: object) -> Denoiser:

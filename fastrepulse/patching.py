@@ -273,7 +273,7 @@ class RepulsionHandle:
         family = self.denoiser.family
         # diffusers' pipelines call their denoisers by keyword: no binding needed
         arguments = _signature(type(module).forward).bind(module, *args, **kwargs).arguments if args else kwargs
-        text = arguments[family.text]
+        text = arguments[family.text] if family.text else None
         if self.config.method != "cads":  # contextual, and particle (whose scheduler step reads the groups)
             batch = _batch(arguments.get(family.image, text))
             partition = self._partition(arguments, batch)
@@ -445,8 +445,10 @@ class RepulsionHandle:
             branches = 2 if batch == 2 * call.samples else 1  # both branches in one batch: SD3, Z-Image, UNets
             branch = batch // branches
             # the text stream only: diffusers 0.35's SD3 pipeline tiles the pooled embeddings across prompts
-            text = arguments[family.text]
-            if _batch(text) == batch:
+            text = arguments[family.text] if family.text else None
+            if text is None:  # token ids only (OmniGen): the pipeline's images per prompt, consecutive
+                partition = self._fixed_partition(batch, call.images_per_prompt)
+            elif _batch(text) == batch:
                 conditional = slice(0, branch) if family.conditional_first else slice(batch - branch, batch)
                 conditioning = _rows_of(text[conditional])
                 partition = by_conditioning(conditioning, branches)
@@ -578,14 +580,20 @@ def _drop_compiled_code(denoiser: torch.nn.Module) -> None:
 
 
 def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tuple[TextBlock, ...]:
-    """The blocks whose text stream "contextual" repels; none for the baselines."""
+    """The blocks whose text stream "contextual" repels; none for the baselines (where they work on the family)."""
+    family = denoiser.family
+    name = f"{type(pipe).__name__}'s {type(denoiser.module).__name__}"
     if config.method != "contextual":
+        if config.method not in family.baselines:
+            works = " or ".join(f"method={method!r}" for method in family.baselines) or "no method of fastrepulse"
+            raise ValueError(f"method={config.method!r} does not work on {name}; {works} does")
         return ()
     if not denoiser.blocks:
+        works = " or ".join(f"method={method!r}" for method in family.baselines)
+        instead = f"; use {works}, which works there" if works else "; no method of fastrepulse works there"
         raise ValueError(
-            f"method='contextual' repels the text tokens as they change inside the denoiser's blocks, and "
-            f"{type(pipe).__name__}'s {type(denoiser.module).__name__} has no such text: "
-            f"{denoiser.family.no_stream}; use method='particle' or 'cads', which work there"
+            f"method='contextual' repels the text tokens as they change inside the denoiser's blocks, and {name} has "
+            f"no such text: {family.no_stream}{instead}"
         )
     return select_blocks(denoiser.blocks, config.blocks)
 

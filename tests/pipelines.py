@@ -13,11 +13,14 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -198,4 +201,30 @@ def sdxl() -> StableDiffusionXLPipeline:
         tokenizer=clip_tokenizer(77),
         text_encoder_2=clip_encoder(CLIPTextModelWithProjection, 32, 77),
         tokenizer_2=clip_tokenizer(77),
+    )
+
+
+@_seeded
+def pixart() -> PixArtSigmaPipeline:
+    """PixArt-Sigma: a transformer whose text enters by cross-attention only (no contextual stream); call it with
+    ``use_resolution_binning=False`` (its bins know only the released sizes)."""
+    transformer = PixArtTransformer2DModel(
+        sample_size=HEIGHT // 2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        cross_attention_dim=16,
+        caption_channels=32,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+        patch_size=2,
+    )
+    return PixArtSigmaPipeline(
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+        vae=_vae(),
+        text_encoder=_t5(32),
+        tokenizer=t5_tokenizer(),
     )

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fastrepulse
-from fastrepulse.models import find_denoiser
+from fastrepulse.models import FAMILIES, find_denoiser
 from fastrepulse.repulsion import Repulsion
 
 PROMPTS = ["a red cat", "a small blue dog on a hill"]  # of different lengths: pads differ between them
@@ -215,9 +215,10 @@ def _text_start(name: str, joint: int, arguments: dict) -> int:
     return 0  # [text | image]
 
 
-def test_joint_sequences_give_up_exactly_their_text(family, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In blocks that return one joint sequence, each run repels the text tokens at the family's text position,
-    as the block returned them (no image token): compared value for value."""
+@pytest.mark.parametrize("site", ["block", "attention"])
+def test_joint_sequences_give_up_exactly_their_text(family, site: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a block or its attention returns one joint sequence, each run repels the text tokens at the family's
+    text position, as they were returned (no image token): compared value for value."""
     name, pipe = family
     denoiser = find_denoiser(pipe)
     signature = inspect.signature(type(denoiser.module).forward)
@@ -235,16 +236,18 @@ def test_joint_sequences_give_up_exactly_their_text(family, monkeypatch: pytest.
         return hook
 
     hooks = [denoiser.module.register_forward_pre_hook(before, with_kwargs=True)]
-    hooks += [block.module.register_forward_hook(capture(block.index)) for block in denoiser.blocks]
+    for block in denoiser.blocks:
+        module = block.module if site == "block" else block.attention
+        hooks.append(module.register_forward_hook(capture(block.index)))
     runs = _record(monkeypatch, calls)
     try:
-        with fastrepulse.patched(pipe, method="contextual", scale=1e4, site="block", single_stream_tokens="text"):
+        with fastrepulse.patched(pipe, method="contextual", scale=1e4, site=site, single_stream_tokens="text"):
             _generate(name, pipe)
     finally:
         for hook in hooks:
             hook.remove()
     if not outputs:
-        pytest.skip("no block of this family returns a joint sequence")
+        pytest.skip(f"no {site} of this family returns a joint sequence")
     checked = 0
     for (call, block), output in outputs.items():
         block_runs = [run for run in runs if run.call == call and run.block == block]
@@ -297,3 +300,79 @@ def test_bad_options_are_refused_at_patch_time(family) -> None:
     with pytest.raises(ValueError, match="site"):
         fastrepulse.patch(pipe, method="contextual", scale=1.0, site="nowhere")
     assert not hasattr(pipe, fastrepulse.patching.HANDLE_ATTRIBUTE)
+
+
+def test_cads_reads_each_familys_timestep_as_the_noise_level(family, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CADS anneals on t in [0, 1], 1 = pure noise, whatever the family passes its denoiser (t, t / 1000, 1 - t)."""
+    name, pipe = family
+    levels: list[float] = []
+    real = fastrepulse.patching.cads_condition
+
+    def recording(condition, t, config, generator):
+        levels.append(float(t))
+        return real(condition, t, config, generator)
+
+    monkeypatch.setattr(fastrepulse.patching, "cads_condition", recording)
+    with fastrepulse.patched(pipe, method="cads", scale=0.25):
+        _generate(name, pipe)
+    assert levels[0] == pytest.approx(1.0, abs=0.02)
+    assert 0.0 <= min(levels) < levels[0] and max(levels) <= 1.0 + 1e-6
+
+
+def test_every_registered_class_exists_in_diffusers() -> None:
+    """The registry names classes as strings: each is a diffusers class (a typo would leave its family unmatched)."""
+    import diffusers
+
+    for family in FAMILIES:
+        for name in family.classes:
+            assert hasattr(diffusers, name), name
+
+
+NO_CONTEXTUAL_STREAM = {
+    "UNet2DConditionModel": "cross-attention only",
+    "PixArtTransformer2DModel": "cross-attention only",
+    "SanaTransformer2DModel": "cross-attention only",
+    "WanTransformer3DModel": "cross-attention only",
+    "LTXVideoTransformer3DModel": "cross-attention only",
+    "QwenImage21Transformer2DModel": "encoded causally",
+    "OmniGenTransformer2DModel": "encoded causally",
+    "Cosmos3OmniTransformer": "encoded causally",
+}
+
+
+@pytest.mark.parametrize("denoiser", sorted(NO_CONTEXTUAL_STREAM))
+def test_models_without_a_contextual_stream_refuse_contextual_and_say_why(denoiser: str) -> None:
+    """A stand-in of the class (found by name, as the registry finds it): "contextual" is refused at patch time with
+    the reason and the methods that work there, and those methods patch."""
+    pipe = type("Pipeline", (), {"transformer": type(denoiser, (torch.nn.Module,), {})()})()
+    family = find_denoiser(pipe).family
+    works = " or ".join(f"method={method!r}" for method in family.baselines)
+    reason = f"no such text: .*{NO_CONTEXTUAL_STREAM[denoiser]}.*" + (f"use {works}" if works else "no method")
+    with pytest.raises(ValueError, match=reason):
+        fastrepulse.patch(pipe, method="contextual", scale=1.0)
+    for method in ("particle", "cads"):
+        if method in family.baselines:
+            continue
+        with pytest.raises(ValueError, match=f"method='{method}' does not work on"):
+            fastrepulse.patch(pipe, method=method, scale=1.0)
+
+
+def test_baselines_run_on_a_cross_attention_transformer() -> None:
+    """PixArt-Sigma end to end: "contextual" refused, Particle Guidance and CADS exact at scale 0 and acting above."""
+    pipe = pipelines.pixart()
+    call = {**SIZE, "guidance_scale": 4.0, "use_resolution_binning": False, "max_sequence_length": 16}
+
+    def generate() -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        kwargs = {"num_inference_steps": STEPS, "output_type": "latent", **call}
+        return pipe(prompt=list(PROMPTS), num_images_per_prompt=IMAGES, generator=generator, **kwargs).images
+
+    base = generate()
+    with pytest.raises(ValueError, match="cross-attention only"):
+        fastrepulse.patch(pipe, method="contextual", scale=1.0)
+    for method, scale in (("particle", 30.0), ("cads", 0.25)):
+        with fastrepulse.patched(pipe, method=method, scale=0.0):
+            assert torch.equal(generate(), base)
+        with fastrepulse.patched(pipe, method=method, scale=scale):
+            assert not torch.equal(generate(), base)
+    assert torch.equal(generate(), base)

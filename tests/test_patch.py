@@ -327,7 +327,8 @@ def test_baselines_run_on_unet_pipelines(name: str) -> None:
         assert not torch.equal(_generate(pipe, **options), base)
     assert torch.equal(_generate(pipe, **options), base)
     with fastrepulse.patched(pipe, method="cads", scale=0.25) as handle:
-        with pytest.raises(ValueError, match="no such text: .*cross-attention only.*; use method='particle' or 'cads'"):
+        refused = "no such text: .*cross-attention only.*; use method='particle' or method='cads'"
+        with pytest.raises(ValueError, match=refused):
             fastrepulse.patch(pipe, method="contextual", scale=1.0)
         assert pipe._fastrepulse_handle is handle
     assert _hooks(pipe) == 0
