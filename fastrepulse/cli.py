@@ -27,6 +27,28 @@ DEFAULT_PRESETS = {
     "FluxKontextPipeline": "flux-kontext",
     "FluxPipeline": "flux-dev",
     "StableDiffusion3Pipeline": "sd3.5-large",
+    **dict.fromkeys(
+        [
+            "QwenImagePipeline",
+            "QwenImageImg2ImgPipeline",
+            "QwenImageInpaintPipeline",
+            "QwenImageEditPipeline",
+            "QwenImageEditPlusPipeline",
+        ],
+        "qwen-image",
+    ),
+    "Flux2Pipeline": "flux2-dev",  # not Klein: its width is not the dev model's
+    "ChromaPipeline": "chroma",
+    "LongCatImagePipeline": "longcat-image",
+    "OvisImagePipeline": "ovis-image",
+    "BriaPipeline": "bria",
+    "ZImagePipeline": "z-image",
+    "HiDreamImagePipeline": "hidream",
+    "Lumina2Pipeline": "lumina2",
+    "Krea2Pipeline": "krea2",
+    "HunyuanImagePipeline": "hunyuan-image",
+    "CogView4Pipeline": "cogview4",
+    "AuraFlowPipeline": "auraflow",
 }
 """The preset `generate` starts from for a pipeline class from a folder or the hub, when --preset is not given."""
 

@@ -136,6 +136,50 @@ PRESETS: dict[str, RepulsionConfig] = {
     "testbed": RepulsionConfig(scale=3e4, steps="all", iterations=50),
 }
 
+FLUX_DEV_TEXT = (512, 3072)
+"""Tokens and width of Flux-dev's text stream (T5 padded to 512, attended), where the paper's eta was found."""
+NOMINAL_PROMPT = 64
+"""Attended text tokens taken for a family that masks its pads, where the text's length is the prompt's."""
+
+FAMILY_SIZES: dict[str, tuple[int, int, int]] = {
+    # preset: (text tokens the vector holds, text width, the pipeline's default steps), from diffusers 0.42.1's
+    # defaults (tests/test_presets.py reads them back); NOMINAL_PROMPT where the pads are masked
+    "qwen-image": (NOMINAL_PROMPT, 3072, 50),
+    "flux2-dev": (512, 6144, 50),  # Mistral text padded to 512, attended
+    "chroma": (512, 3072, 35),  # T5 padded to 512; its 0/1 mask is added to the scores, so the pads are attended
+    "longcat-image": (512, 3072, 50),
+    "ovis-image": (256, 3072, 50),
+    "bria": (128, 3072, 30),
+    "z-image": (NOMINAL_PROMPT, 3840, 50),
+    "z-image-turbo": (NOMINAL_PROMPT, 3840, 9),
+    "hidream": (256, 2560, 50),  # T5 128 + Llama 128
+    "lumina2": (NOMINAL_PROMPT, 2304, 30),
+    "krea2": (NOMINAL_PROMPT, 6144, 28),
+    "hunyuan-image": (NOMINAL_PROMPT, 3584, 50),
+    "cogview4": (NOMINAL_PROMPT, 2560, 50),  # padded to the longest prompt of a call, a multiple of 16
+    "auraflow": (8 + 256, 3072, 50),  # 8 registers and UMT5 padded to 256, attended
+}
+"""The sizes the family presets are carried to (`preset_scale`); not calibrated on real weights."""
+
+
+def preset_scale(tokens: int, width: int) -> float:
+    """The `flux-dev` scale carried to a text vector of `tokens` x `width`, to two digits.
+
+    The cosine force on a sample scales like 1/|c| and one step's angle like scale/|c|^2, so the same angle per block
+    needs scale proportional to |c|^2 = tokens x width x (rms of an entry)^2. The rms is taken as Flux-dev's: real
+    models differ (the paper's SD3.5-large range sits ~2000x below this rule's), so a family preset is where to start
+    a sweep, not a calibrated value.
+    """
+    return float(f"{PRESETS['flux-dev'].scale * tokens * width / (FLUX_DEV_TEXT[0] * FLUX_DEV_TEXT[1]):.2g}")
+
+
+def _family_preset(tokens: int, width: int, default_steps: int) -> RepulsionConfig:
+    """The paper's Flux-dev regime (1 of 20 steps: the first 5%, at least one; M = 50) at the family's scale."""
+    return RepulsionConfig(scale=preset_scale(tokens, width), steps=max(1, round(0.05 * default_steps)), iterations=50)
+
+
+PRESETS.update({name: _family_preset(*sizes) for name, sizes in FAMILY_SIZES.items()})
+
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "contextual": {},
     "particle": {"steps": "all", "objective": "energy", "kernel": "rbf", "iterations": 1},

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import fastrepulse
-from fastrepulse.models import FAMILIES, find_denoiser
+from fastrepulse.models import FAMILIES, Family, find_denoiser
 from fastrepulse.repulsion import Repulsion
+from fastrepulse.tokens import TextLayout
 
 PROMPTS = ["a red cat", "a small blue dog on a hill"]  # of different lengths: pads differ between them
 IMAGES = 2
@@ -376,3 +377,19 @@ def test_baselines_run_on_a_cross_attention_transformer() -> None:
         with fastrepulse.patched(pipe, method=method, scale=scale):
             assert not torch.equal(generate(), base)
     assert torch.equal(generate(), base)
+
+
+@pytest.mark.parametrize("name", ["qwenimage", "flux2"])  # a text stream, and joint sequences
+def test_a_layout_this_diffusers_release_does_not_have_is_a_clear_error(name: str, monkeypatch) -> None:
+    """Where the text found in a hooked block does not fit the family's layout (a diffusers release that lays its
+    blocks out otherwise), the call stops with an error naming the release, rather than repelling other tokens."""
+    import diffusers
+
+    pipe = BUILDERS[name]()
+    monkeypatch.setattr(Family, "text_layout", lambda self, arguments: TextLayout(10_000))
+    error = rf"expects .*10000.*diffusers release \({diffusers.__version__}\)"
+    with (
+        fastrepulse.patched(pipe, method="contextual", scale=1e4, site="block"),
+        pytest.raises(RuntimeError, match=error),
+    ):
+        _generate(name, pipe)
