@@ -58,17 +58,17 @@ def test_block(benchmark, testbed, case):
         width = block.module.attn.to_out[0].out_features
         text, image = torch.randn(4, TEXT_TOKENS, width), torch.randn(4, 16, width)
         handle._call = _CallState(images_per_prompt=4, samples=4)
-        whole_batch = (_Slice(slice(None), 4, 0, TEXT_TOKENS),)
+        whole_batch = (_Slice(slice(None), 4, ((0, TEXT_TOKENS),)),)
         handle._forward = _ForwardState(batch=4, layout=TextLayout(TEXT_TOKENS), slices=whole_batch, step=0)
         config = handle.config
         gram = (text.reshape(4, -1).double() @ text.reshape(4, -1).double().T)[None].numpy()
         options = {"scale": config.scale, "iterations": config.iterations, "objective": config.objective}
         if case == "hooked-block":
-            original = text.clone()
+            original, attention = text.clone(), block.attention
 
             def run() -> None:
                 text.copy_(original)  # the same input every round
-                handle._after_attention(block.kind, block.attention, (), {}, (image, text))
+                handle._after_attention(block.kind, attention, (), {}, (image, text))
 
         else:
 

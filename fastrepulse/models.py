@@ -112,6 +112,11 @@ class Family:
 def _z_image_layout(arguments: dict[str, Any]) -> TextLayout:
     """Z-Image's unified rows: [image, padded to 32 | caption, padded to 32 | batch padding]; the caption's pads are
     attended, the batch padding is masked."""
+    if isinstance(arguments["x"][0], (list, tuple)):
+        raise ValueError(
+            "Z-Image's Omni mode (several images and captions per sample) lays its sequence out otherwise: "
+            "fastrepulse repels in Z-Image's text-to-image calls (one image and one caption per sample) only"
+        )
     patch, frames = arguments.get("patch_size", 2), arguments.get("f_patch_size", 1)
     depth, height, width = arguments["x"][0].shape[1:]
     image = (depth // frames) * (height // patch) * (width // patch)

@@ -150,6 +150,7 @@ class _Slice:
     rows: slice | torch.Tensor
     size: int
     runs: Runs
+    whole: bool = False  # every row and every token of the text: the hooked tensors are taken as they are
 
 
 @dataclass
@@ -311,7 +312,8 @@ class RepulsionHandle:
             branches = 2 if partition.batch == 2 * self._call.samples else 1
             runs = group_runs(layout.runs, partition, branches, follows_mask=family.follows_mask)
         if partition.size is not None and len(set(runs)) == 1:  # the batch as it is, in one run
-            slices = (_Slice(slice(None), partition.size, runs[0]),)
+            whole = runs[0] == ((0, layout.tokens),) and layout.stream in (None, layout.tokens)
+            slices = (_Slice(slice(None), partition.size, runs[0], whole),)
         else:
             indices = iter(partition.indices(_device(arguments[family.text])))
             slices = []
@@ -373,10 +375,12 @@ class RepulsionHandle:
         end = offset + layout.tokens
         everything = joint and self.config.single_stream_tokens == "all"
         for where in forward.slices:
+            if where.whole and (everything or not joint):  # the common case: the batch's tensors as they are
+                self._record(block, forward.step, self._repulsion.run(parts, parts, where.size, strict=False))
+                continue
             pieces = [text[:, offset + start : offset + stop] for start, stop in where.runs]
             if everything:  # the other tokens around the text, not its masked pads
-                whole = where.runs == ((0, layout.tokens),)
-                pieces = [text] if whole else [text[:, :offset], *pieces, text[:, end:]]
+                pieces = [text[:, :offset], *pieces, text[:, end:]]
             pieces = [piece for piece in (*pieces, *parts[1:]) if piece.shape[1]]
             if isinstance(where.rows, slice):
                 group = [piece[where.rows] for piece in pieces]
