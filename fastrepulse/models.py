@@ -32,12 +32,14 @@ class BlockKind:
             returns one tensor returns the joint sequence.
         block_text: index of the text in the block's output when that is a tuple; a block that returns one tensor
             returns the joint sequence.
+        sequence_first: the block's output is [sequence, batch, width] (ERNIE-Image); its attention's is not.
     """
 
     name: str
     attention: str = "attn"
     attention_text: int = 1
     block_text: int = 0
+    sequence_first: bool = False
 
 
 DUAL = BlockKind("dual")
@@ -69,8 +71,14 @@ class Family:
         text: the forward's text embeddings argument (what CADS perturbs, and what tells prompts apart); None: the
             forward takes token ids, and a group is ``num_images_per_prompt`` consecutive samples.
         image: the forward's image argument (its first dimension is the batch).
-        mask: the forward's text mask argument, if it masks pads: [B, text] or [B, text + image], text first.
+        mask: the forward's text mask argument, if it masks pads: [B, text] or [B, text + image], text first (a
+            dotted path reaches into a dict argument: "joint_attention_kwargs.attention_mask").
         registers: tokens the denoiser puts before the text in its text stream (AuraFlow).
+        carried: the share of the text's channels, the leading ones, that the next block takes on (BriaFibo replaces
+            the rest by a fresh projection of a text-encoder layer before each block): only those are repelled.
+        text_last: joint sequences are [image | text] (the text counted from the end), not [text | image].
+        per_prompt: the pipeline makes its ``num_images_per_prompt``/``num_videos_per_prompt`` samples per prompt
+            (CogVideoX's sets it to 1 whatever is passed: repeat the prompts instead).
         conditional_first: a batch holding both guidance branches is ``[cond ; uncond]`` (else ``[uncond ; cond]``).
         follows_mask: the denoiser places each sample's text by the mask it is given (`fastrepulse.tokens.group_runs`).
         no_stream: for a family without a contextual stream, why.
@@ -87,6 +95,9 @@ class Family:
     image: str = "hidden_states"
     mask: str | None = None
     registers: int = 0
+    carried: float = 1.0
+    text_last: bool = False
+    per_prompt: bool = True
     conditional_first: bool = False
     follows_mask: bool = False
     no_stream: str = ""
@@ -104,9 +115,21 @@ class Family:
         if self.layout is not None:
             return self.layout(arguments)
         length = arguments[self.text].shape[1]
-        mask = arguments.get(self.mask) if self.mask else None
-        runs = None if mask is None else shifted(mask_runs(mask[:, :length]), self.registers)
-        return TextLayout(length + self.registers, runs=runs)
+        mask = self.text_mask(arguments)
+        if mask is not None:
+            mask = mask.reshape(mask.shape[0], -1)[:, :length]
+        runs = None if mask is None else shifted(mask_runs(mask), self.registers)
+        tokens = length + self.registers
+        return TextLayout(tokens, offset=-tokens if self.text_last else 0, runs=runs)
+
+    def text_mask(self, arguments: dict[str, Any]) -> torch.Tensor | None:
+        """The forward's text mask argument, if the family has one and the call passes it."""
+        if self.mask is None:
+            return None
+        found: Any = arguments
+        for name in self.mask.split("."):
+            found = found.get(name) if isinstance(found, dict) else None
+        return found
 
 
 def _z_image_layout(arguments: dict[str, Any]) -> TextLayout:
@@ -127,6 +150,19 @@ def _z_image_layout(arguments: dict[str, Any]) -> TextLayout:
 def _lumina2_layout(arguments: dict[str, Any]) -> TextLayout:
     """Lumina2's joint rows: [attended caption | image | masked padding], each caption as long as its mask says."""
     runs = mask_runs(arguments["encoder_attention_mask"])
+    return TextLayout(max((stop for row in runs for _, stop in row), default=0), runs=runs)
+
+
+def _ernie_image_layout(arguments: dict[str, Any]) -> TextLayout:
+    """ERNIE-Image's sequences are [image | text padded to the longest], each sample's text as long as `text_lens`."""
+    tokens = arguments["text_bth"].shape[1]
+    lengths = arguments["text_lens"].tolist()
+    return TextLayout(tokens, offset=-tokens, runs=tuple(((0, length),) for length in lengths))
+
+
+def _ideogram4_layout(arguments: dict[str, Any]) -> TextLayout:
+    """Ideogram4's sequences are [left padding | text | image]; the `indicator` argument marks text with 3."""
+    runs = mask_runs(arguments["indicator"] == 3)
     return TextLayout(max((stop for row in runs for _, stop in row), default=0), runs=runs)
 
 
@@ -228,6 +264,56 @@ FAMILIES = (
         ("AuraFlowTransformer2DModel",),
         (BlockList("joint_transformer_blocks", DUAL), BlockList("single_transformer_blocks", JOINT)),
         registers=8,
+    ),
+    Family(
+        "ernie-image",
+        ("ErnieImageTransformer2DModel",),
+        (BlockList("layers", BlockKind("single", attention="self_attention", sequence_first=True)),),
+        ("timestep", 1000.0, 0.0),
+        text="text_bth",
+        mask="text_lens",
+        layout=_ernie_image_layout,
+    ),
+    Family(
+        "bria-fibo",
+        ("BriaFiboTransformer2DModel",),
+        FLUX_LIKE,
+        ("timestep", 1000.0, 0.0),
+        mask="joint_attention_kwargs.attention_mask",
+        carried=0.5,
+    ),
+    Family(  # the unconditional branch is a transformer of its own, without text
+        "ideogram4",
+        ("Ideogram4Transformer2DModel",),
+        (BlockList("layers", BlockKind("single", attention="attention")),),
+        ("timestep", 0.0, 1.0),
+        mask="indicator",
+        layout=_ideogram4_layout,
+        baselines=(
+            "particle",
+        ),  # its text argument holds zero features at the image's places too: CADS would noise them
+    ),
+    Family(  # not the token refiner: text only
+        "hunyuan-video",
+        ("HunyuanVideoTransformer3DModel",),
+        (BlockList("transformer_blocks", IMAGE_FIRST), BlockList("single_transformer_blocks", IMAGE_FIRST)),
+        ("timestep", 1000.0, 0.0),
+        mask="encoder_attention_mask",
+        text_last=True,
+    ),
+    Family(
+        "cogvideox",
+        ("CogVideoXTransformer3DModel",),
+        (BlockList("transformer_blocks", BlockKind("dual", attention="attn1", block_text=1)),),
+        ("timestep", 1000.0, 0.0),
+        per_prompt=False,
+    ),
+    Family(
+        "mochi",
+        ("MochiTransformer3DModel",),
+        (BlockList("transformer_blocks", BlockKind("dual", attention="attn1", block_text=1)),),
+        ("timestep", 0.0, 1000.0),  # its inverted schedule: 0 at pure noise
+        mask="encoder_attention_mask",
     ),
     Family("unet", ("UNet2DConditionModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),
     Family("pixart", ("PixArtTransformer2DModel",), timestep=("timestep", 1000.0, 0.0), no_stream=CROSS_ATTENTION),

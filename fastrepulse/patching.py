@@ -161,6 +161,7 @@ class _ForwardState:
     layout: TextLayout
     slices: tuple[_Slice, ...]
     step: int
+    carried: float | None = None  # the share of text channels the next block takes on, where not all (BriaFibo)
     hooks_run: int = 0  # block hooks met so far in this call: the position, in forward order, of the next one
 
 
@@ -235,7 +236,8 @@ class RepulsionHandle:
             )
         try:
             bound = _signature(call).bind(self.pipe, *args, **kwargs)
-            images_per_prompt = bound.arguments.get("num_images_per_prompt") or kwargs.get("num_images_per_prompt") or 1
+            counts = [bound.arguments.get(name) or kwargs.get(name) for name in _PER_PROMPT]
+            images_per_prompt = next((count for count in counts if count), 1) if self.denoiser.family.per_prompt else 1
             if unwrap_scheduler(self.pipe.scheduler) is self.pipe.scheduler:  # replaced since patch: wrap the new one
                 self.pipe.__dict__["scheduler"] = wrap_scheduler(self.pipe.scheduler, self)
             self._call = _CallState(images_per_prompt, _prompts(bound.arguments) * images_per_prompt)
@@ -280,7 +282,8 @@ class RepulsionHandle:
             partition = self._partition(arguments, batch)
             if self.config.method == "contextual" and partition.largest > 1:
                 layout, slices = self._layout(arguments, partition)
-                self._forward = _ForwardState(batch, layout, slices, call.step)
+                carried = family.carried if family.carried < 1 else None
+                self._forward = _ForwardState(batch, layout, slices, call.step, carried)
             return None
         if call.generator is None:
             call.generator = torch.Generator(device=_device(text)).manual_seed(self.config.seed)
@@ -300,7 +303,7 @@ class RepulsionHandle:
         """Where the text is in this denoiser call, and each group's rows and tokens: found once per call for each
         batch size, text length and text mask (the mask's spans are one host read)."""
         family = self.denoiser.family
-        mask = arguments.get(family.mask) if family.mask else None
+        mask = family.text_mask(arguments)
         key = (partition.batch, _tokens(arguments[family.text]), id(mask))
         cached = self._call.layouts.get(key)
         if cached is not None:
@@ -337,7 +340,7 @@ class RepulsionHandle:
 
     def _after_block(self, kind: BlockKind, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
         if not isinstance(output, tuple):  # one joint sequence
-            _run_hook(self, [output], joint=True)
+            _run_hook(self, [output.transpose(0, 1) if kind.sequence_first else output], joint=True)
             return None
         parts = [output[kind.block_text]]
         if kind.name == "single" and self.config.single_stream_tokens == "all":
@@ -375,10 +378,12 @@ class RepulsionHandle:
         end = offset + layout.tokens
         everything = joint and self.config.single_stream_tokens == "all"
         for where in forward.slices:
-            if where.whole and (everything or not joint):  # the common case: the batch's tensors as they are
+            if where.whole and (everything or not joint) and forward.carried is None:  # the common case: as they are
                 self._record(block, forward.step, self._repulsion.run(parts, parts, where.size, strict=False))
                 continue
             pieces = [text[:, offset + start : offset + stop] for start, stop in where.runs]
+            if forward.carried is not None:  # the channels the next block takes on
+                pieces = [piece[..., : int(piece.shape[-1] * forward.carried)] for piece in pieces]
             if everything:  # the other tokens around the text, not its masked pads
                 pieces = [text[:, :offset], *pieces, text[:, end:]]
             pieces = [piece for piece in (*pieces, *parts[1:]) if piece.shape[1]]
@@ -513,7 +518,8 @@ def _prompts(arguments: dict[str, Any]) -> int:
     return embeds.shape[0] if isinstance(embeds, torch.Tensor) else 1
 
 
-_CADS_ARGUMENTS = ("encoder_hidden_states", "timestep")
+_PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
+"""How pipelines name the samples per prompt (video pipelines: videos)."""
 _CAUSES = {
     NON_FINITE: "the steps diverged (lower scale or raise iterations)",
     NOT_CONVERGED: "the device solver's eigendecomposition did not converge (use solver='host')",

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import pipelines
 import pipelines_dual
+import pipelines_more
 import pipelines_unified
+import pipelines_video
 import pytest
 import torch
 
@@ -25,11 +27,38 @@ PROMPTS = ["a red cat", "a small blue dog on a hill"]  # of different lengths: p
 IMAGES = 2
 STEPS = 2
 
-BUILDERS = {**pipelines_dual.BUILDERS, **pipelines_unified.BUILDERS}
+BUILDERS = {
+    **pipelines_dual.BUILDERS,
+    **pipelines_unified.BUILDERS,
+    **pipelines_more.BUILDERS,
+    **pipelines_video.BUILDERS,
+}
 SIZE = {"height": pipelines.HEIGHT, "width": pipelines.WIDTH}
-CALLS = {name: {**SIZE, **call} for name, call in {**pipelines_dual.CALLS, **pipelines_unified.CALLS}.items()}
+ALL_CALLS = {**pipelines_dual.CALLS, **pipelines_unified.CALLS, **pipelines_more.CALLS, **pipelines_video.CALLS}
+CALLS = {name: {**SIZE, **call} for name, call in ALL_CALLS.items()}
 ONE_PROMPT = {"qwenimage_edit_plus"}
 """Pipelines that take one prompt per call (upstream)."""
+VIDEO = set(pipelines_video.BUILDERS)
+"""Pipelines that make videos: num_videos_per_prompt, and frames for images."""
+REPEATED = {"cogvideox"}
+"""Pipelines that make one sample per prompt whatever is asked (upstream): their prompts are repeated instead."""
+
+
+def _samples(name: str, prompts: list[str], call: dict) -> dict:
+    """The call's prompt list and samples per prompt, as each pipeline takes them (a copy of the list: Z-Image's
+    pipeline writes its chat template into the caller's)."""
+    if name in REPEATED:
+        negative = call.get("negative_prompt")
+        repeated = (
+            {"negative_prompt": [n for n in negative for _ in range(IMAGES)]} if isinstance(negative, list) else {}
+        )
+        return {"prompt": [p for p in prompts for _ in range(IMAGES)], **repeated}
+    per_prompt = "num_videos_per_prompt" if name in VIDEO else "num_images_per_prompt"
+    return {"prompt": list(prompts), per_prompt: IMAGES}
+
+
+def _images(output) -> torch.Tensor:
+    return output.frames if hasattr(output, "frames") else output.images
 
 
 def _prompts(name: str) -> list[str]:
@@ -55,9 +84,8 @@ def _generate(name: str, pipe, prompts: list[str] | None = None, seed: int = 0) 
     prompts = prompts or _prompts(name)
     generator = torch.Generator().manual_seed(seed)
     kwargs = {"num_inference_steps": STEPS, "output_type": "latent", **CALLS[name]}
-    # a copy: Z-Image's pipeline writes its chat template into the caller's list
-    output = pipe(prompt=list(prompts), num_images_per_prompt=IMAGES, generator=generator, **kwargs)
-    return output.images
+    kwargs.update(_samples(name, prompts, kwargs))
+    return _images(pipe(generator=generator, **kwargs))
 
 
 def _record(monkeypatch: pytest.MonkeyPatch, calls: list[int] = ()) -> list[Run]:
@@ -93,11 +121,18 @@ def _attended(name: str, arguments: dict) -> list[int]:
     if name == "hidream":  # T5, then the last Llama layer
         t5 = arguments["encoder_hidden_states_t5"]
         return [t5.shape[1] + arguments["encoder_hidden_states_llama3"].shape[2]] * t5.shape[0]
+    if name == "ernie_image":  # per-sample lengths
+        return arguments["text_lens"].tolist()
+    if name == "ideogram4":  # left padding, then the text: marked 3
+        return (arguments["indicator"] == 3).sum(1).tolist()
+    if name == "bria_fibo":  # a joint [text ; image] mask, in the attention's arguments
+        text, mask = arguments["encoder_hidden_states"], arguments["joint_attention_kwargs"].get("attention_mask")
+        return [text.shape[1]] * text.shape[0] if mask is None else mask[:, 0, 0, : text.shape[1]].sum(1).tolist()
     if name == "hunyuan_image":  # the attended Qwen and ByT5 tokens, packed first
         masks = [arguments[key] for key in ("encoder_attention_mask", "encoder_attention_mask_2")]
         return sum(mask.bool().sum(1) for mask in masks if mask is not None).tolist()
     text = arguments["encoder_hidden_states"]
-    masks = {"lumina2": "encoder_attention_mask", "krea2": "encoder_attention_mask"}
+    masks = dict.fromkeys(("lumina2", "krea2", "hunyuan_video", "mochi"), "encoder_attention_mask")
     mask = arguments.get(masks.get(name, "encoder_hidden_states_mask"))
     if mask is not None:
         return mask.bool().sum(1).tolist()
@@ -134,11 +169,11 @@ def _lengths_alone(name: str, pipe, prompt: str, negative: str | None) -> list[l
     handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         generator = torch.Generator().manual_seed(0)
-        pipe(prompt=[prompt], num_images_per_prompt=IMAGES, num_inference_steps=1, output_type="latent",
-             generator=generator, **call)  # fmt: skip
+        call.update(_samples(name, [prompt], call))
+        pipe(num_inference_steps=STEPS, output_type="latent", generator=generator, **call)  # Mochi's needs 2
     finally:
         handle.remove()
-    return seen
+    return seen[: len(seen) // STEPS]  # the first step's
 
 
 def _expected_runs(name: str, pipe, prompts: list[str]) -> list[list[int]]:
@@ -167,7 +202,7 @@ def _expected_runs(name: str, pipe, prompts: list[str]) -> list[list[int]]:
 def test_scale_zero_and_unpatch_give_the_unpatched_images(family) -> None:
     name, pipe = family
     base = _generate(name, pipe)
-    for method in ("contextual", "particle", "cads"):
+    for method in ("contextual", *find_denoiser(pipe).family.baselines):
         with fastrepulse.patched(pipe, method=method, scale=0.0):
             assert torch.equal(_generate(name, pipe), base), method
     fastrepulse.patch(pipe, method="contextual", scale=1e4).remove()
@@ -177,8 +212,9 @@ def test_scale_zero_and_unpatch_give_the_unpatched_images(family) -> None:
 def test_repulsion_changes_the_images(family) -> None:
     name, pipe = family
     base = _generate(name, pipe)
-    for method, scale in (("contextual", 1e4), ("particle", 30.0), ("cads", 0.25)):
-        with fastrepulse.patched(pipe, method=method, scale=scale, steps="all"):
+    scales = {"contextual": 1e4, "particle": 30.0, "cads": 0.25}
+    for method in ("contextual", *find_denoiser(pipe).family.baselines):
+        with fastrepulse.patched(pipe, method=method, scale=scales[method], steps="all"):
             assert not torch.equal(_generate(name, pipe), base), method
 
 
@@ -213,7 +249,15 @@ def _text_start(name: str, joint: int, arguments: dict) -> int:
     if name.startswith("z_image"):  # [image, padded to 32 | caption | ...]
         height, width = arguments["x"][0].shape[-2:]
         return -(-(height // 2) * (width // 2) // 32) * 32
+    if name == "ernie_image":  # [image | text, padded to the longest]
+        return joint - arguments["text_bth"].shape[1]
     return 0  # [text | image]
+
+
+SEQUENCE_FIRST = {"ernie_image"}
+"""Pipelines whose blocks return [sequence, batch, width]."""
+CARRIED = {"bria_fibo": 0.5}
+"""The share of the text's channels that each next block takes on (BriaFibo replaces the rest)."""
 
 
 @pytest.mark.parametrize("site", ["block", "attention"])
@@ -232,7 +276,8 @@ def test_joint_sequences_give_up_exactly_their_text(family, site: str, monkeypat
     def capture(index: int):
         def hook(module, args, output):
             if isinstance(output, torch.Tensor):
-                outputs[len(calls) - 1, index] = output.clone()
+                batch_first = output.transpose(0, 1) if name in SEQUENCE_FIRST and site == "block" else output
+                outputs[len(calls) - 1, index] = batch_first.clone()
 
         return hook
 
@@ -256,12 +301,15 @@ def test_joint_sequences_give_up_exactly_their_text(family, site: str, monkeypat
         for index, run in enumerate(block_runs):
             rows = slice(None) if run.pieces[0].shape[0] == output.shape[0] else slice(2 * index, 2 * index + 2)
             text = torch.cat(run.pieces, dim=1)
-            mask = calls[call].get("encoder_attention_mask") if name == "krea2" else None  # [prompt | pads | suffix]
+            masks = {"krea2": "encoder_attention_mask", "ideogram4": "indicator"}  # text not in one run
+            mask = calls[call].get(masks.get(name, ""))
             if mask is None:
                 positions = torch.arange(start, start + text.shape[1])
-            else:
-                positions = start + mask[rows][0].bool().nonzero()[:, 0]
-            assert torch.equal(text, output[rows][:, positions]), (call, block, index)
+            else:  # Krea2: [prompt | pads | suffix]; Ideogram4: [pads | text | image], text marked 3
+                positions = start + (mask[rows][0] == (3 if name == "ideogram4" else True)).nonzero()[:, 0]
+            expected = output[rows][:, positions]
+            expected = expected[..., : int(expected.shape[-1] * CARRIED.get(name, 1))]
+            assert torch.equal(text, expected), (call, block, index)
             checked += 1
     assert checked
 
@@ -306,6 +354,8 @@ def test_bad_options_are_refused_at_patch_time(family) -> None:
 def test_cads_reads_each_familys_timestep_as_the_noise_level(family, monkeypatch: pytest.MonkeyPatch) -> None:
     """CADS anneals on t in [0, 1], 1 = pure noise, whatever the family passes its denoiser (t, t / 1000, 1 - t)."""
     name, pipe = family
+    if "cads" not in find_denoiser(pipe).family.baselines:
+        pytest.skip("CADS does not work on this family")
     levels: list[float] = []
     real = fastrepulse.patching.cads_condition
 
