@@ -1,9 +1,12 @@
-"""The testbed: real handwritten digits and what judges generated ones, trained here, shipped in the package."""
+"""The testbeds: real handwritten digits, and rendered colour scenes, with what judges generated ones (trained here,
+shipped in the package)."""
 
 from fastrepulse.testbed.classifier import classify
 from fastrepulse.testbed.digits import digits, split
+from fastrepulse.testbed.judge import scene_attributes
+from fastrepulse.testbed.scenes import scene_prompts
 
-__all__ = ["PROMPT", "classify", "digits", "pipeline", "split"]
+__all__ = ["PROMPT", "classify", "digits", "pipeline", "scene_attributes", "scene_prompts", "split"]
 
 
 def __getattr__(name: str) -> object:
