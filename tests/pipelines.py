@@ -69,13 +69,14 @@ def _t5(d_model: int) -> T5EncoderModel:
     return T5EncoderModel(config)
 
 
-def _vae() -> AutoencoderKL:
-    """Two-level VAE (scale factor 2, 4 latent channels); shift_factor is set because Flux and SD3 read it."""
+def _vae(latent_channels: int = 4) -> AutoencoderKL:
+    """Two-level VAE (scale factor 2, 4 latent channels unless told); shift_factor is set because Flux and SD3 read
+    it."""
     return AutoencoderKL(
         block_out_channels=(4, 8),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=2,
         sample_size=HEIGHT,

@@ -101,7 +101,6 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 from diffusers import (
-    AutoencoderKL,
     AutoencoderKLFlux2,
     AutoencoderKLQwenImage,
     BriaPipeline,
@@ -555,21 +554,6 @@ def chroma() -> ChromaPipeline:
     )
 
 
-def _vae16() -> AutoencoderKL:
-    """Two-level VAE with 16 latent channels (LongCat hard-codes num_channels_latents = 16)."""
-    return AutoencoderKL(
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=2,
-        sample_size=HEIGHT,
-        shift_factor=0.1,
-        scaling_factor=1.5,
-    )
-
-
 LONGCAT_TOKENIZER_MAX_LENGTH = MAX_SEQUENCE_LENGTH  # LongCat pads to pipe.tokenizer_max_length (512 upstream)
 
 
@@ -594,7 +578,7 @@ def longcat_image() -> LongCatImagePipeline:
     )
     pipe = LongCatImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae16(),
+        vae=_vae(16),  # LongCat hard-codes num_channels_latents = 16
         text_encoder=_qwen_vl(tokenizer),
         tokenizer=tokenizer,
         text_processor=_qwen_processor(tokenizer),

@@ -113,3 +113,32 @@ def test_patching_a_compiled_pipeline_takes_effect() -> None:
         torch.testing.assert_close(_generate(pipe), base, rtol=1e-4, atol=1e-4)
         with fastrepulse.patched(pipe, scale=300.0, steps=2):
             torch.testing.assert_close(_generate(pipe), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["flux2", "qwenimage", "z_image"])
+def test_newer_families_compile_without_graph_breaks(traced: list[bool], name: str) -> None:
+    """Regional compilation of a family whose single-stream blocks return one joint tensor (Flux.2), whose groups
+    take their own text lengths (Qwen-Image: per-group slices), or whose denoiser takes lists (Z-Image): the compiled
+    patched pipeline gives the eager patched images, with no graph break."""
+    import pipelines_dual
+    import pipelines_unified
+
+    builders = {**pipelines_dual.BUILDERS, **pipelines_unified.BUILDERS}
+    calls = {**pipelines_dual.CALLS, **pipelines_unified.CALLS}
+    call = {"height": pipelines.HEIGHT, "width": pipelines.WIDTH, **calls[name], "num_inference_steps": 2}
+    call = {**call, "output_type": "latent", "num_images_per_prompt": 2}
+    prompts = ["a red cat", "a small blue dog on a hill"]
+
+    def generate(pipe) -> torch.Tensor:
+        return pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **call).images
+
+    pipe = builders[name]()
+    base = generate(pipe)
+    with fastrepulse.patched(pipe, scale=1e4, steps="all"):
+        expected = generate(pipe)
+        pipe.transformer.compile_repeated_blocks(backend="eager", dynamic=False)
+        compiled = generate(pipe)
+    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(expected, base, rtol=1e-4, atol=1e-4)
+    assert sum(counters["graph_break"].values()) == 0
+    assert traced and not any(traced)

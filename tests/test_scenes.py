@@ -24,6 +24,7 @@ from fastrepulse.testbed.scenes import (
     free_distribution,
     render,
     sample_scene,
+    satisfies,
     scene_prompts,
     scenes,
 )
@@ -122,3 +123,46 @@ def test_the_judge_takes_pil_images_of_any_size_and_float_tensors() -> None:
     assert scene_attributes(large) == scene_attributes(images)
     with pytest.raises(ValueError, match=r"float tensor \[N, 3, H, W\]"):
         scene_attributes(torch.zeros(2, 1, SIZE, SIZE))
+
+
+def test_training_prompts_describe_their_scene() -> None:
+    """`describe` names only what the scene holds: `satisfies` agrees, on the prompt as a reader parses it."""
+    from fastrepulse.testbed.scenes import describe
+
+    rng = random.Random(SEED)
+    for scene in scenes(300, SEED):
+        text = describe(scene, rng)
+        assert satisfies(scene.attributes(), _parse(text)), (text, scene)
+
+
+def _parse(text: str) -> ScenePrompt:
+    """The attributes a prompt of `prompt_text`'s grammar names (a test-side reading of the sentence)."""
+    background = None
+    if text.endswith(" background"):
+        text, _, background = text.removesuffix(" background").rpartition(" on a ")
+    objects = []
+    for phrase in text.split(" and "):
+        words, position = phrase, None
+        if " at the " in phrase:
+            words, _, position = phrase.partition(" at the ")
+        named = {"position": position} if position else {}
+        for word in words.split()[1:]:
+            key = "size" if word in SIZES else "colour" if word in COLOURS else "shape" if word != "shape" else None
+            if key:
+                named[key] = word
+        objects.append(named)
+    return ScenePrompt(text, tuple(objects), background)
+
+
+def test_satisfies_matches_objects_in_any_order() -> None:
+    attributes = {
+        "background": "white",
+        "objects": [
+            {"shape": "circle", "colour": "red", "size": "small", "position": "top left"},
+            {"shape": "square", "colour": "blue", "size": "large", "position": "bottom right"},
+        ],
+    }
+    assert satisfies(attributes, ScenePrompt("", ({"colour": "blue"}, {"shape": "circle"})))
+    assert not satisfies(attributes, ScenePrompt("", ({"colour": "blue"},)))  # two objects, one named
+    assert not satisfies(attributes, ScenePrompt("", ({"colour": "blue"}, {"colour": "blue"})))
+    assert not satisfies(attributes, ScenePrompt("", ({}, {}), "black"))

@@ -112,6 +112,28 @@ def scene_prompts() -> list[ScenePrompt]:
     return [ScenePrompt(prompt_text(objs, bg), objs, bg) for objs, bg in zip(named, backgrounds, strict=True)]
 
 
+def describe(scene: Scene, rng: random.Random, named: float = 0.5, background: float = 0.3) -> str:
+    """A training prompt for `scene`: each object's attributes named with probability `named` each, the background
+    with `background`, the objects in either order."""
+    objects = [{key: getattr(obj, key) for key in ATTRIBUTES if rng.random() < named} for obj in scene.objects]
+    rng.shuffle(objects)
+    return prompt_text(objects, scene.background if rng.random() < background else None)
+
+
+def satisfies(attributes: dict, prompt: ScenePrompt) -> bool:
+    """Whether a scene's attributes (as `Scene.attributes` or the judge gives them) fit everything `prompt` names:
+    as many objects, each named object one of them, the named background."""
+    found = attributes["objects"]
+    if len(found) != len(prompt.objects) or prompt.background not in (None, attributes["background"]):
+        return False
+
+    def fits(obj: dict, named: dict[str, str]) -> bool:
+        return all(obj[key] == value for key, value in named.items())
+
+    orders = itertools.permutations(found)
+    return any(all(fits(obj, named) for obj, named in zip(order, prompt.objects, strict=True)) for order in orders)
+
+
 def check_prompt(prompt: ScenePrompt) -> None:
     """Raise ValueError for a prompt no scene fits: an unknown attribute value, two objects in one cell, an object
     of the background's colour, more objects than two."""
