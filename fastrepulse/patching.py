@@ -593,13 +593,14 @@ def _hooked_blocks(pipe: Any, denoiser: Denoiser, config: RepulsionConfig) -> tu
     """The blocks whose text stream "contextual" repels; none for the baselines (where they work on the family)."""
     family = denoiser.family
     name = f"{type(pipe).__name__}'s {type(denoiser.module).__name__}"
+    works = " or ".join(f"method={method!r}" for method in family.baselines)
     if config.method != "contextual":
         if config.method not in family.baselines:
-            works = " or ".join(f"method={method!r}" for method in family.baselines) or "no method of fastrepulse"
-            raise ValueError(f"method={config.method!r} does not work on {name}; {works} does")
+            raise ValueError(
+                f"method={config.method!r} does not work on {name}; {works or 'no method of fastrepulse'} does"
+            )
         return ()
     if not denoiser.blocks:
-        works = " or ".join(f"method={method!r}" for method in family.baselines)
         instead = f"; use {works}, which works there" if works else "; no method of fastrepulse works there"
         raise ValueError(
             f"method='contextual' repels the text tokens as they change inside the denoiser's blocks, and {name} has "

@@ -39,16 +39,17 @@ class TextLayout:
 def mask_runs(mask: torch.Tensor) -> tuple[Runs, ...]:
     """Each row's runs of attended tokens from a text mask [B, L] (one host read)."""
     rows = mask.reshape(mask.shape[0], -1).bool().cpu().tolist()
-    result = []
-    for row in rows:
-        runs, start = [], None
-        for position, attended in enumerate([*row, False]):
-            if attended and start is None:
-                start = position
-            elif not attended and start is not None:
-                runs.append((start, position))
-                start = None
-        result.append(tuple(runs))
+    return tuple(_runs(position for position, attended in enumerate(row) if attended) for row in rows)
+
+
+def _runs(positions) -> Runs:
+    """Increasing token positions as runs ``(start, stop)``."""
+    result: list[tuple[int, int]] = []
+    for position in positions:
+        if result and result[-1][1] == position:
+            result[-1] = (result[-1][0], position + 1)
+        else:
+            result.append((position, position + 1))
     return tuple(result)
 
 
@@ -60,7 +61,7 @@ def shifted(runs: tuple[Runs, ...], by: int) -> tuple[Runs, ...]:
 def group_runs(runs: tuple[Runs, ...], partition: Partition, branches: int, *, follows_mask: bool) -> tuple[Runs, ...]:
     """The runs of each group of `partition`, which its samples share.
 
-    Some pipelines (Qwen-Image, HunyuanImage, Lumina2) repeat the masks of several prompts prompt by prompt
+    Some pipelines (Qwen-Image, HunyuanImage, Lumina2, Mochi) repeat the masks of several prompts prompt by prompt
     ([m0, m1, m0, m1]) where they repeat the embeddings image by image ([p0, p0, p1, p1]), so one prompt's rows
     disagree. Where the text sits at fixed positions (a text stream), a group's prompt's own mask is then the one at
     the prompt's index in its branch. Where the model places the text by the mask it is given (`follows_mask`:
@@ -86,10 +87,4 @@ def _common(rows) -> Runs:
     for row in rows:
         positions = {position for start, stop in row for position in range(start, stop)}
         common = positions if common is None else common & positions
-    result: list[tuple[int, int]] = []
-    for position in sorted(common or ()):
-        if result and result[-1][1] == position:
-            result[-1] = (result[-1][0], position + 1)
-        else:
-            result.append((position, position + 1))
-    return tuple(result)
+    return _runs(sorted(common or ()))

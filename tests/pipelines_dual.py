@@ -351,46 +351,41 @@ def _check_template(pipe) -> None:
 QWEN_EDIT_VAE_LEVELS = 5  # scale factor 16: the ~1024^2 reference becomes 64x64 latents = 32x32 = 1024 tokens
 
 
+def _qwen(cls, vae_levels: int, end: str, processor: bool):
+    """A Qwen-Image pipeline of class `cls` from `_qwen_components`, its copied template checked."""
+    pipe = cls(**_qwen_components(cls, vae_levels, end, processor))
+    _check_template(pipe)
+    return pipe
+
+
 @_seeded
 def qwenimage() -> QwenImagePipeline:
     """Qwen-Image text-to-image: 2 dual-stream blocks, VAE scale 2 (32x32 -> 8x8 = 64 image tokens)."""
-    pipe = QwenImagePipeline(**_qwen_components(QwenImagePipeline, 2, "{}", False))
-    _check_template(pipe)
-    return pipe
+    return _qwen(QwenImagePipeline, 2, "{}", False)
 
 
 @_seeded
 def qwenimage_img2img() -> QwenImageImg2ImgPipeline:
     """Qwen-Image img2img with the text-to-image components; call with `image=` (strength 0.6 -> 1 of 2 steps)."""
-    pipe = QwenImageImg2ImgPipeline(**_qwen_components(QwenImageImg2ImgPipeline, 2, "{}", False))
-    _check_template(pipe)
-    return pipe
+    return _qwen(QwenImageImg2ImgPipeline, 2, "{}", False)
 
 
 @_seeded
 def qwenimage_inpaint() -> QwenImageInpaintPipeline:
     """Qwen-Image inpainting with the text-to-image components; call with `image=` and `mask_image=`."""
-    pipe = QwenImageInpaintPipeline(**_qwen_components(QwenImageInpaintPipeline, 2, "{}", False))
-    _check_template(pipe)
-    return pipe
+    return _qwen(QwenImageInpaintPipeline, 2, "{}", False)
 
 
 @_seeded
 def qwenimage_edit() -> QwenImageEditPipeline:
     """Qwen-Image-Edit: processor + vision tower; VAE scale 16 because the reference is always encoded at ~1024^2."""
-    components = _qwen_components(QwenImageEditPipeline, QWEN_EDIT_VAE_LEVELS, "<|vision_start|>", True)
-    pipe = QwenImageEditPipeline(**components)
-    _check_template(pipe)
-    return pipe
+    return _qwen(QwenImageEditPipeline, QWEN_EDIT_VAE_LEVELS, "<|vision_start|>", True)
 
 
 @_seeded
 def qwenimage_edit_plus() -> QwenImageEditPlusPipeline:
     """Qwen-Image-Edit-2509 (Plus): as Edit; upstream it accepts only ONE prompt per call (batch_size > 1 raises)."""
-    components = _qwen_components(QwenImageEditPlusPipeline, QWEN_EDIT_VAE_LEVELS, "{}", True)
-    pipe = QwenImageEditPlusPipeline(**components)
-    _check_template(pipe)
-    return pipe
+    return _qwen(QwenImageEditPlusPipeline, QWEN_EDIT_VAE_LEVELS, "{}", True)
 
 
 # ------------------------------------------------------------------------------------------------------------ Flux.2
