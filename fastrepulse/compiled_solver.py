@@ -1,4 +1,5 @@
-"""The host solver's loop compiled with numba: every group's `iterations` steps in one nopython call.
+"""The host solver's loop compiled with numba: every group's `iterations` steps in one nopython call; and for CPU
+samples the whole repulsion (Gram, steps, apply) in one call.
 
 The same algorithm as the NumPy reference (`fastrepulse.solver.solve_numpy`, the math in
 `fastrepulse.forces`), written out as scalar loops over B x B matrices: the set-up (the symmetric part
@@ -6,9 +7,12 @@ of G, the rbf bandwidth, the averaging over identical samples, the collinear gro
 cosine kernel) and then, per group, ``W = force(G)``, ``W <- A W A`` where the group has ties,
 ``T = I + s W``, ``P <- T P``, ``G <- (T G) T``. Vendi's eigendecomposition: for groups of up to
 JACOBI_MAX_GROUP samples cyclic Jacobi warm-started from the previous step's eigenvectors (K moves little per
-step), swept to LAPACK's backward error, as the device solver does; above that, or where Jacobi does not
-converge, LAPACK's eigh (``dsyevd``, as NumPy's). B x B products below SMALL_PRODUCT are loops, from it BLAS;
-row sums are added in NumPy's pairwise order. Nothing is allocated per step.
+step; two sweeps are the rule), swept to LAPACK's backward error, as the device solver does; each rotation
+updates two contiguous rows (vectorised) and mirrors them into the columns. Above that size, or where Jacobi
+does not converge, LAPACK's eigh (``dsyevd``, as NumPy's). B x B products below SMALL_PRODUCT are loops, from it
+BLAS; row sums are added in NumPy's pairwise order. Nothing is allocated per step. Several groups of at least
+PARALLEL_GROUP samples are spread over the process's cores (Python threads; the loop releases the GIL); each
+group's result is one thread's, so it does not depend on the core count.
 
 Results agree with the reference to rounding: 1e-12 of P - I in tests/test_compiled_solver.py (measured 2e-14
 on separated samples). Where the problem itself is that sensitive (one prompt's samples 3e-3 apart, or 8 groups
@@ -18,22 +22,32 @@ stays within that.
 Each group gets a `fastrepulse.status` code instead of an exception (a NaN input, a diverged step, a result
 that may overflow), and a failed group's P - I is 0, so that a pipeline can leave it as it was.
 
-Importing this module imports numba but compiles nothing: `solve_compiled` compiles on its first call
-(``cache=True``: once per machine and per version of this file, into numba's on-disk cache, the
-``__pycache__`` next to this file or ``NUMBA_CACHE_DIR``; one specialisation serves every objective, kernel
-and shape). `fastrepulse.solver` imports it lazily at the first solve and falls back to NumPy where numba
-or SciPy does not import. First solve in a fresh process on the 2-core CI machine: 15.7 s with a cold cache
-(compiling), 0.6 s with a warm one (importing numba and SciPy's LAPACK, loading the cache); every later call
-costs only its run.
+`repel_rows_compiled` is the torch backend's path for float32/float64 CPU tensors (`Repulsion.run`): the Gram
+matrices in float64, the steps, and ``x + (P - I) x`` formed in float64, in one call, where the torch passes
+would be ~10 torch calls around the solve (per-call overhead, not arithmetic, at the testbed's sizes).
 
-Speed (bench/test_solver_speed.py, 2026-12-01, load ~0.8): one group of 4 under Vendi 56 us at M = 50 and 104 us
-at M = 100 (29x and 31x NumPy's; 70-80x under energy); 8 groups of 16 under Vendi at M = 100 14 ms (1.6x), where
-both spend their time in the 800 eigendecompositions of 16 x 16 (~17 us each, Jacobi or LAPACK alike).
+Importing this module imports numba but compiles nothing: each function compiles on its first call
+(``cache=True``: once per machine and per version of this file, into numba's on-disk cache, the
+``__pycache__`` next to this file or ``NUMBA_CACHE_DIR``; one specialisation of the solve serves every
+objective, kernel and shape, the CPU path one per dtype and memory layout). `fastrepulse.solver` imports it
+lazily at the first solve and falls back to NumPy where numba or SciPy does not import. The first repelled
+block in a fresh process on the 2-core CI machine: ~20-40 s with a cold cache (compiling, the longer under
+load), 1.4 s with a warm one (importing numba and SciPy's LAPACK, loading the cache); every later call costs
+only its run.
+
+Speed (bench/test_solver_speed.py, 2026-12-01, 2 cores, nothing else running): one group of 4 under Vendi
+66 us at M = 50 and 90 us at M = 100 (25x and 53x NumPy's; 55-66x under energy); 8 groups of 16 under Vendi at
+M = 100 5.5 ms against 20.4 ms (3.7x; rbf 4.0x; about 2.2x on one core), where both spend their time in 800
+eigendecompositions of 16 x 16.
 """
+
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -48,6 +62,11 @@ JACOBI_MAX_GROUP = 16
 SMALL_PRODUCT = 8
 """B x B products below this size are plain loops, from it on BLAS (4x faster than loops at B = 16)."""
 JACOBI_SWEEPS = 30
+PARALLEL_GROUP = 8
+"""Several groups of at least this size are solved on several cores, a run of groups per thread; smaller ones take
+less time than handing them to threads (bench/test_solver_speed.py)."""
+_ROUND_ANGLE = 2.0**27
+"""Beyond this |cot 2 phi| of a rotation, sqrt(theta^2 + 1) rounds to |theta|: t = 1 / (2 theta) and c = 1 exactly."""
 """Jacobi sweeps per step at most, as the device solver's; LAPACK's eigh takes over where they do not suffice."""
 
 _VENDI, _ENERGY = 0, 1
@@ -66,7 +85,28 @@ def solve_compiled(
     step, codes = float(scale) / iterations, (OBJECTIVE_CODES[objective], KERNEL_CODES[kernel])
     # the constants travel as arguments: numba's cache is keyed by this file, not by forces.py or status.py
     constants = (RANK_TOLERANCE, EIGENVALUE_FLOOR, SOLVED, NON_FINITE, BAD_SAMPLES, MAY_OVERFLOW)
-    return _solve(state, step, int(iterations), *codes, float(limit), JACOBI_MAX_GROUP, *constants)
+    arguments = (step, int(iterations), *codes, float(limit), JACOBI_MAX_GROUP, constants)
+    workers = min(state.shape[0], _cores()) if state.shape[1] >= PARALLEL_GROUP else 1
+    if workers <= 1:
+        return _solve(state, *arguments)
+    # the loop releases the GIL: contiguous runs of groups on threads, each group's steps one thread's (the same
+    # results as one thread, to the bit); Python threads, not numba's parallel layer, which would reset the
+    # OpenMP thread count that torch reads
+    bounds = np.linspace(0, state.shape[0], workers + 1).round().astype(int)
+    runs = [_pool().submit(_solve, state[lo:hi], *arguments) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = [run.result() for run in runs]
+    return np.concatenate([mix for mix, _ in parts]), np.concatenate([status for _, status in parts])
+
+
+@functools.cache
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="fastrepulse-solve")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -202,13 +242,16 @@ def _row_sum(row):
 
 
 @numba.njit(cache=True, nogil=True)
-def _jacobi(kernel_mat, vectors, rotated, scratch, max_sweeps):
-    """Eigendecomposition of a symmetric kernel_mat by cyclic Jacobi, warm-started from `vectors` (the previous
-    step's eigenvectors, updated in place): eigenvalues on the diagonal of `rotated`. False if the off-diagonal
-    mass is not eps^2 of the total (LAPACK's backward error) after `max_sweeps` sweeps."""
+def _jacobi(kernel_mat, basis, rotated, scratch, max_sweeps):
+    """Eigendecomposition of a symmetric kernel_mat by cyclic Jacobi, warm-started from `basis` (the previous
+    step's eigenvectors as its rows, updated in place): eigenvalues on the diagonal of `rotated`. False if the
+    off-diagonal mass is not eps^2 of the total (LAPACK's backward error) after `max_sweeps` sweeps.
+
+    A rotation updates rows p and q of `rotated` and of `basis`, contiguous and vectorised, and mirrors them
+    into the columns (rotated stays exactly symmetric); the diagonal takes Rutishauser's update."""
     size = kernel_mat.shape[0]
-    _product(kernel_mat, vectors, scratch)
-    _product(vectors.T, scratch, rotated)
+    _product(basis, kernel_mat, scratch)
+    _product(scratch, basis.T, rotated)
     for sweep in range(max_sweeps + 1):
         off = 0.0
         total = 0.0
@@ -223,53 +266,58 @@ def _jacobi(kernel_mat, vectors, rotated, scratch, max_sweeps):
         if sweep == max_sweeps:
             return False
         for p in range(size - 1):
+            row_p, basis_p = rotated[p], basis[p]
             for q in range(p + 1, size):
-                a_pq = rotated[p, q]
+                a_pq = row_p[q]
                 if a_pq == 0.0:
                     continue
-                theta = (rotated[q, q] - rotated[p, p]) / (2.0 * a_pq)
-                t = (1.0 if theta >= 0.0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
-                c = 1.0 / math.sqrt(t * t + 1.0)
+                row_q, basis_q = rotated[q], basis[q]
+                a_pp, a_qq = row_p[p], row_q[q]
+                theta = (a_qq - a_pp) / (2.0 * a_pq)
+                if abs(theta) > _ROUND_ANGLE:  # theta^2 + 1 rounds to theta^2 and t^2 + 1 to 1: the same t and c
+                    t, c = 0.5 / theta, 1.0
+                else:
+                    t = (1.0 if theta >= 0.0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                    c = 1.0 / math.sqrt(t * t + 1.0)
                 s = t * c
                 for k in range(size):
-                    a_kp, a_kq = rotated[k, p], rotated[k, q]
-                    rotated[k, p] = c * a_kp - s * a_kq
-                    rotated[k, q] = s * a_kp + c * a_kq
+                    x, y = row_p[k], row_q[k]
+                    row_p[k] = c * x - s * y
+                    row_q[k] = s * x + c * y
+                row_p[p], row_q[q] = a_pp - t * a_pq, a_qq + t * a_pq
+                row_p[q], row_q[p] = 0.0, 0.0  # zero up to rounding: set it, as the device solver does
                 for k in range(size):
-                    a_pk, a_qk = rotated[p, k], rotated[q, k]
-                    rotated[p, k] = c * a_pk - s * a_qk
-                    rotated[q, k] = s * a_pk + c * a_qk
-                rotated[p, q] = 0.0  # zero up to rounding: set it (Rutishauser), as the device solver does
-                rotated[q, p] = 0.0
+                    rotated[k, p], rotated[k, q] = row_p[k], row_q[k]
                 for k in range(size):
-                    v_kp, v_kq = vectors[k, p], vectors[k, q]
-                    vectors[k, p] = c * v_kp - s * v_kq
-                    vectors[k, q] = s * v_kp + c * v_kq
+                    x, y = basis_p[k], basis_q[k]
+                    basis_p[k] = c * x - s * y
+                    basis_q[k] = s * x + c * y
     return False
 
 
 @numba.njit(cache=True, nogil=True)
-def _objective_gradient(kernel_mat, objective, floor, out, vectors, rotated, scratch, weight, jacobi_max):
+def _objective_gradient(kernel_mat, objective, floor, out, basis, rotated, scratch, weight, jacobi_max):
     """`forces.objective_gradient` of one group into out [B, B]; False (out untouched) for a non-finite K.
 
-    Vendi's eigendecomposition: warm-started Jacobi (`vectors`, kept between steps) for B <= jacobi_max, else, or
-    where Jacobi does not converge, LAPACK's eigh. rotated, scratch [B, B] and weight [B]: workspace."""
+    Vendi's eigendecomposition: warm-started Jacobi (`basis`, eigenvectors as rows, kept between steps) for
+    B <= jacobi_max, else, or where Jacobi does not converge, LAPACK's eigh. rotated, scratch [B, B] and weight
+    [B]: workspace."""
     size = kernel_mat.shape[0]
     if not _finite(kernel_mat):  # a diverged state: eigh would raise on it
         return False
     if objective == _VENDI:
-        if size <= jacobi_max and _jacobi(kernel_mat, vectors, rotated, scratch, JACOBI_SWEEPS):
+        if size <= jacobi_max and _jacobi(kernel_mat, basis, rotated, scratch, JACOBI_SWEEPS):
             for k in range(size):
                 weight[k] = math.log(max(rotated[k, k], size * floor)) / -size
         else:
             eigenvalues, eigenvectors = np.linalg.eigh(kernel_mat)
-            vectors[:, :] = eigenvectors
+            basis[:, :] = eigenvectors.T
             for k in range(size):
                 weight[k] = math.log(max(eigenvalues[k], size * floor)) / -size
-        for i in range(size):
-            for k in range(size):
-                scratch[i, k] = vectors[i, k] * weight[k]
-        _product(scratch, vectors.T, out)
+        for k in range(size):
+            for j in range(size):
+                scratch[k, j] = basis[k, j] * weight[k]
+        _product(basis.T, scratch, out)
     else:
         for i in range(size):
             for j in range(size):
@@ -357,88 +405,128 @@ def _result_bound(gram, mixing):
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve(
-    gram,
-    step,
-    iterations,
-    objective,
-    kernel,
-    limit,
-    jacobi_max,
-    tolerance,
-    floor,
-    solved,
-    non_finite,
-    bad_samples,
-    may_overflow,
-):
+def _solve_group(gram, step, iterations, objective, kernel, limit, jacobi_max, constants, result):
+    """One group's steps: P - I into result [B, B] (left 0 where the group fails); returns its status code."""
+    tolerance, floor, solved, non_finite, bad_samples, may_overflow = constants
+    size = gram.shape[0]
+    workspace = np.empty((11, size, size))  # B x B matrices, each its own: state, mixing, ..., eigen_scratch
+    state, mixing, transform, tie = workspace[0], workspace[1], workspace[2], workspace[3]
+    distances, kernel_mat, dh_dk, force = workspace[4], workspace[5], workspace[6], workspace[7]
+    scratch, rotated, eigen_scratch = workspace[8], workspace[9], workspace[10]
+    basis, weight, rows = np.eye(size), np.empty(size), np.empty((3, size))
+    # a Gram matrix summed in float32 need not be symmetric, and eigh reads one triangle: its symmetric part
+    for i in range(size):
+        for j in range(size):
+            state[i, j] = 0.5 * (gram[i, j] + gram[j, i])
+            mixing[i, j] = 1.0 if i == j else 0.0
+    if not _usable(state, kernel):
+        return bad_samples
+    _squared_distances(state, tolerance, distances)
+    bandwidth = _bandwidth(distances) if kernel == _RBF else 0.0
+    tied = _ties(distances, tie)
+    group_step = 0.0 if kernel == _COSINE and _collinear(state, tolerance) else step
+    eigen = (basis, rotated, eigen_scratch, weight)
+    for _ in range(iterations):
+        if not _force(
+            state, objective, kernel, bandwidth, tolerance, floor, distances, kernel_mat, dh_dk, force, eigen, rows,
+            jacobi_max,
+        ):  # fmt: skip
+            return non_finite
+        if tied:  # identical samples: the same force, to the bit
+            _matmul(tie, force, scratch)
+            _matmul(scratch, tie, force)
+        for i in range(size):
+            for j in range(size):
+                transform[i, j] = (1.0 if i == j else 0.0) + group_step * force[i, j]
+        _product(transform, mixing, scratch)
+        mixing, scratch = scratch, mixing
+        _product(transform, state, scratch)
+        _product(scratch, transform, state)
+    if not _finite(mixing):
+        return non_finite
+    for i in range(size):
+        for j in range(size):
+            result[i, j] = mixing[i, j] - (1.0 if i == j else 0.0)
+    return may_overflow if _result_bound(gram, mixing) > limit else solved
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve(gram, step, iterations, objective, kernel, limit, jacobi_max, constants):
+    """Every group's steps, one after another: P - I [G, B, B] and the status codes [G]."""
     groups, size = gram.shape[0], gram.shape[1]
     result = np.zeros((groups, size, size))
-    status = np.full(groups, solved, dtype=np.int32)
-    state = np.empty((size, size))
-    mixing = np.empty((size, size))
-    transform = np.empty((size, size))
-    tie = np.empty((size, size))
-    distances = np.empty((size, size))
-    kernel_mat = np.empty((size, size))
-    dh_dk = np.empty((size, size))
-    force = np.empty((size, size))
-    scratch = np.empty((size, size))
-    vectors = np.empty((size, size))
-    rotated = np.empty((size, size))
-    eigen_scratch = np.empty((size, size))
-    weight = np.empty(size)
-    rows = np.empty((3, size))
+    status = np.empty(groups, dtype=np.int32)
     for g in range(groups):
-        # a Gram matrix summed in float32 need not be symmetric, and eigh reads one triangle: its symmetric part
-        for i in range(size):
-            for j in range(size):
-                state[i, j] = 0.5 * (gram[g, i, j] + gram[g, j, i])
-                mixing[i, j] = 1.0 if i == j else 0.0
-                vectors[i, j] = 1.0 if i == j else 0.0
-        if not _usable(state, kernel):
-            status[g] = bad_samples
-            continue
-        _squared_distances(state, tolerance, distances)
-        bandwidth = _bandwidth(distances) if kernel == _RBF else 0.0
-        tied = _ties(distances, tie)
-        group_step = 0.0 if kernel == _COSINE and _collinear(state, tolerance) else step
-        for _ in range(iterations):
-            eigen_state = (vectors, rotated, eigen_scratch, weight)
-            if not _force(
-                state,
-                objective,
-                kernel,
-                bandwidth,
-                tolerance,
-                floor,
-                distances,
-                kernel_mat,
-                dh_dk,
-                force,
-                eigen_state,
-                rows,
-                jacobi_max,
-            ):
-                status[g] = non_finite
-                break
-            if tied:  # identical samples: the same force, to the bit
-                _matmul(tie, force, scratch)
-                _matmul(scratch, tie, force)
-            for i in range(size):
-                for j in range(size):
-                    transform[i, j] = (1.0 if i == j else 0.0) + group_step * force[i, j]
-            _product(transform, mixing, scratch)
-            mixing, scratch = scratch, mixing
-            _product(transform, state, scratch)
-            _product(scratch, transform, state)
-        if status[g] == solved and not _finite(mixing):
-            status[g] = non_finite
-        if status[g] != solved:
-            continue  # P - I stays 0: the group is left as it was
-        if _result_bound(gram[g], mixing) > limit:
-            status[g] = may_overflow
-        for i in range(size):
-            for j in range(size):
-                result[g, i, j] = mixing[i, j] - (1.0 if i == j else 0.0)
+        status[g] = _solve_group(gram[g], step, iterations, objective, kernel, limit, jacobi_max, constants, result[g])
     return result, status
+
+
+def repel_rows_compiled(
+    rows: np.ndarray, out: np.ndarray, group_size: int, scale: float, iterations: int, objective: str, kernel: str,
+    limit: float, strict: bool,
+) -> np.ndarray:  # fmt: skip
+    """A whole repulsion of CPU samples in one compiled call: the Gram matrices (float64), `solve_compiled`'s steps
+    and ``out = x + (P - I) x`` (formed in float64, rounded once to x's dtype), for rows, out [N, L] (float32 or
+    float64, unit stride along L; out may be rows). Returns the status codes [N / B].
+
+    Groups that fail are not written; a MAY_OVERFLOW group (bound above `limit`) is staged in x's dtype and written,
+    as SOLVED, where it stays finite. `strict`: nothing is written unless every group is SOLVED (the caller then
+    explains the failure)."""
+    step, codes = float(scale) / iterations, (OBJECTIVE_CODES[objective], KERNEL_CODES[kernel])
+    constants = (RANK_TOLERANCE, EIGENVALUE_FLOOR, SOLVED, NON_FINITE, BAD_SAMPLES, MAY_OVERFLOW)
+    return _repel_rows(
+        rows, out, group_size, step, int(iterations), *codes, float(limit), JACOBI_MAX_GROUP, constants, strict
+    )
+
+
+APPLY_COLUMNS = 512
+"""Columns of a group staged at a time in `_apply_group` (B x 512 float64, in cache), so that out may be x."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_group(rows, first, mix, columns, update, dest, dest_first):
+    """dest[dest_first + i] = x_i + sum_j mix[i, j] x_j for the group's rows x_i = rows[first + i], in float64."""
+    size, length = mix.shape[0], rows.shape[1]
+    for start in range(0, length, APPLY_COLUMNS):
+        width = min(APPLY_COLUMNS, length - start)
+        for i in range(size):
+            for k in range(width):
+                columns[i, k] = rows[first + i, start + k]
+        for i in range(size):
+            for k in range(width):
+                update[k] = columns[i, k]
+            for j in range(size):
+                weight = mix[i, j]
+                for k in range(width):
+                    update[k] += weight * columns[j, k]
+            for k in range(width):
+                dest[dest_first + i, start + k] = update[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _repel_rows(rows, out, group_size, step, iterations, objective, kernel, limit, jacobi_max, constants, strict):
+    solved, may_overflow = constants[2], constants[5]
+    count, length = rows.shape
+    groups = count // group_size
+    staged = np.empty((group_size, length))
+    gram = np.empty((groups, group_size, group_size))
+    for g in range(groups):
+        for i in range(group_size):
+            for k in range(length):
+                staged[i, k] = rows[g * group_size + i, k]
+        np.dot(staged, staged.T, gram[g])
+    mix, status = _solve(gram, step, iterations, objective, kernel, limit, jacobi_max, constants)
+    if strict and (status != solved).any():
+        return status
+    columns = np.empty((group_size, APPLY_COLUMNS))
+    update = np.empty(APPLY_COLUMNS)
+    for g in range(groups):
+        if status[g] == solved:
+            _apply_group(rows, g * group_size, mix[g], columns, update, out, g * group_size)
+        elif status[g] == may_overflow:  # written only if it stays finite in x's dtype
+            result = np.empty((group_size, length), dtype=out.dtype)
+            _apply_group(rows, g * group_size, mix[g], columns, update, result, 0)
+            if np.isfinite(result).all():
+                out[g * group_size : (g + 1) * group_size] = result
+                status[g] = solved
+    return status

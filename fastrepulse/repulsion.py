@@ -14,7 +14,7 @@ import torch
 from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
 from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
 from fastrepulse.reference import apply_torch, gram_torch, repel_literal
-from fastrepulse.solver import result_bound, solve_groups
+from fastrepulse.solver import compiled_passes, result_bound, solve_groups
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 
 Backend = Literal["auto", "triton", "torch", "reference"]
@@ -133,6 +133,10 @@ class Repulsion:
         backend = self.backend_for(parts[0])
         dtype = parts[0].dtype
         rows = [_rows(part) for part in parts]
+        if backend == "torch" and self.solver == "host":
+            status = self._run_compiled(rows, outs, group_size, strict)
+            if status is not None and not (strict and status.any()):
+                return status  # strict and failed: nothing was written, the path below explains the failure
         gram_fn, apply_fn = _passes(backend)
         with GRAM_RANGE:
             if backend == "triton" and self.solver == "device" and not strict:
@@ -164,6 +168,24 @@ class Repulsion:
                 else:  # an out whose rows are not [B, L] views: written through a staged copy
                     out.copy_(apply_fn(part_rows, mix, torch.empty_like(part_rows), skip).view(out.shape))
         return status
+
+    def _run_compiled(
+        self, rows: list[torch.Tensor], outs: list[torch.Tensor], group_size: int, strict: bool
+    ) -> np.ndarray | None:
+        """Both passes and the solve of one CPU part (float32 or float64) in one compiled call
+        (`fastrepulse.compiled_solver.repel_rows_compiled`): the status codes, or None where it does not apply (numba
+        missing, another device or dtype, several parts, an out whose rows are not a view)."""
+        x = rows[0]
+        if len(rows) != 1 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return None
+        out_rows = _rows_view(outs[0])
+        repel_rows = compiled_passes()
+        if out_rows is None or repel_rows is None:
+            return None
+        options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
+        options.update(kernel=self.kernel, limit=_LARGEST[x.dtype], strict=strict)
+        with SOLVE_RANGE:
+            return repel_rows(x.numpy(), out_rows.numpy(), group_size, **options)
 
     def _solve_on_host(self, gram: torch.Tensor, dtype: torch.dtype, strict: bool) -> tuple[torch.Tensor, np.ndarray]:
         if gram.device.type != "cpu" or gram.dtype != torch.float64:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -18,21 +19,33 @@ import torch
 from fastrepulse.forces import force_matrix, rbf_bandwidth, step_sizes, ties
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, SOLVED
 
-_COMPILED: Callable[..., tuple[np.ndarray, np.ndarray]] | None | bool = False
-"""`fastrepulse.compiled_solver.solve_compiled` once imported, None where numba does not import, False before
-the first solve: numba (0.3 s to import) is imported at the first solve, never at ``import fastrepulse``."""
+_COMPILED: ModuleType | None | bool = False
+"""`fastrepulse.compiled_solver` once imported, None where numba does not import, False before the first solve:
+numba (0.3 s to import) is imported at the first solve, never at ``import fastrepulse``."""
+
+
+def _compiled() -> ModuleType | None:
+    global _COMPILED
+    if _COMPILED is False:
+        try:
+            from fastrepulse import compiled_solver
+        except ImportError:  # numba or SciPy missing, or built for another NumPy: the NumPy solver, same results
+            compiled_solver = None
+        _COMPILED = compiled_solver
+    return _COMPILED
 
 
 def compiled_loop() -> Callable[..., tuple[np.ndarray, np.ndarray]] | None:
     """The compiled solver, or None where numba is not installed or does not import (then NumPy runs)."""
-    global _COMPILED
-    if _COMPILED is False:
-        try:
-            from fastrepulse.compiled_solver import solve_compiled
-        except ImportError:  # numba or SciPy missing, or built for another NumPy: the NumPy solver, same results
-            solve_compiled = None
-        _COMPILED = solve_compiled
-    return _COMPILED
+    module = _compiled()
+    return None if module is None else module.solve_compiled
+
+
+def compiled_passes() -> Callable[..., np.ndarray] | None:
+    """`fastrepulse.compiled_solver.repel_rows_compiled` (Gram, solve and apply of CPU samples in one compiled
+    call), or None where numba does not import."""
+    module = _compiled()
+    return None if module is None else module.repel_rows_compiled
 
 
 def solve(gram: torch.Tensor, *, scale: float, iterations: int, objective: str, kernel: str) -> torch.Tensor:

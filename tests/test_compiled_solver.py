@@ -140,6 +140,27 @@ def test_overflow_bound_marks_groups():
         assert status.tolist() == [SOLVED, MAY_OVERFLOW] and np.abs(mix[1]).max() > 0
 
 
+@pytest.mark.parametrize("objective,kernel", PAIRS, ids=PAIR_IDS)
+def test_groups_on_several_cores_match_one_thread_bit_for_bit(objective, kernel, monkeypatch):
+    """Several groups of PARALLEL_GROUP or more are spread over threads: each group's P - I and status are those of
+    the one-thread loop, to the bit (a bad group included), so a seed's images do not depend on the cores; and
+    torch's thread count is left as it was."""
+    compiled_solver = pytest.importorskip("fastrepulse.compiled_solver")
+    gram = fresh_grams(5, compiled_solver.PARALLEL_GROUP).numpy()
+    gram[3, 0, 0] = np.nan
+    options = {"scale": 5.0, "iterations": 10, "objective": objective, "kernel": kernel}
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(compiled_solver, "_cores", lambda: 3)
+    spread = compiled_solver.solve_compiled(gram, **options)
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(compiled_solver, "_cores", lambda: 1)
+    one_thread = compiled_solver.solve_compiled(gram, **options)
+    assert one_thread[1].tolist() == [SOLVED, SOLVED, SOLVED, BAD_SAMPLES, SOLVED]
+    np.testing.assert_array_equal(spread[1], one_thread[1])
+    np.testing.assert_array_equal(spread[0], one_thread[0])
+    assert np.abs(one_thread[0]).max() > 0 and (one_thread[0][3] == 0).all()
+
+
 @pytest.mark.parametrize("size", [2, 3, 4, 8, 16])
 def test_jacobi_and_lapack_eigendecompositions_agree(size):
     """Groups up to JACOBI_MAX_GROUP use warm-started Jacobi: the same Vendi gradient as LAPACK's eigh to

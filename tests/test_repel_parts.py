@@ -1,6 +1,7 @@
 """repel on several parts of the same samples (the text and image tokens of a joint sequence), in place in strided
 views, and the pipeline's non-raising path that leaves a failed group as it was."""
 
+import numpy as np
 import pytest
 import torch
 from oracle import assert_matches_oracle, literal_loop
@@ -8,7 +9,7 @@ from test_repel_parity import calibrated_scale, prompt_like
 
 from fastrepulse import repel
 from fastrepulse.repulsion import Repulsion
-from fastrepulse.status import NON_FINITE, SOLVED
+from fastrepulse.status import MAY_OVERFLOW, NON_FINITE, SOLVED
 
 BACKENDS = [("torch", "host"), ("triton", "host"), ("triton", "device"), ("reference", "host")]
 HOST_BACKENDS = [backend for backend in BACKENDS if backend[1] == "host"]
@@ -115,3 +116,49 @@ def test_not_strict_leaves_a_failed_group_as_it_was(backend, solver):
         alone = repel(original[rows], scale=scale, iterations=3, backend=backend, solver=solver)
         assert torch.equal(x[rows], alone)
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_compiled_cpu_passes_match_the_torch_passes(dtype, monkeypatch):
+    """On CPU float32/float64 tensors the torch backend runs Gram, solve and apply in one compiled call: the same
+    update as its torch passes (formed in float64 there, in float32 here for float32), in place in a strided text
+    slice, the image tokens untouched."""
+    pytest.importorskip("numba")
+    joint = joint_sequences(3, 4, dtype)
+    scale = calibrated_scale(joint[:, :TEXT].clone(), 4, "vendi", "cosine")
+    repulsion = Repulsion(scale, ITERATIONS, "vendi", "cosine", "torch", "host")
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr("fastrepulse.repulsion.compiled_passes", lambda: None)
+        x = joint.clone()
+        text = x[:, :TEXT]
+        assert repulsion.run([text], [text], 4, strict=False).tolist() == [SOLVED] * 3
+        assert torch.equal(x[:, TEXT:], joint[:, TEXT:]) and not torch.equal(x, joint)
+        results.append(x)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    assert (results[0].double() - results[1].double()).abs().max() <= tolerance * joint.abs().max()
+
+
+def test_compiled_cpu_passes_stage_the_groups_that_may_overflow():
+    """A group whose bound exceeds the limit is staged in x's dtype: written (SOLVED) where it stays finite, left as
+    it was (MAY_OVERFLOW) where it would not; strict writes nothing unless every group is SOLVED."""
+    compiled_solver = pytest.importorskip("fastrepulse.compiled_solver")
+    x = joint_sequences(2, 4, torch.float32).view(8, -1)
+    options = {"scale": calibrated_scale(x, 4, "vendi", "cosine"), "iterations": ITERATIONS, "objective": "vendi"}
+    expected = x.clone()
+    compiled_solver.repel_rows_compiled(x.numpy(), expected.numpy(), 4, **options, kernel="cosine", limit=np.inf,
+                                        strict=False)  # fmt: skip
+    for strict in (True, False):
+        out = x.clone()
+        status = compiled_solver.repel_rows_compiled(x.numpy(), out.numpy(), 4, **options, kernel="cosine",
+                                                     limit=1.0, strict=strict)  # fmt: skip
+        assert status.tolist() == ([MAY_OVERFLOW] * 2 if strict else [SOLVED] * 2)
+        assert torch.equal(out, x if strict else expected)
+    ratio = 0.99 * torch.finfo(torch.float32).max / x.abs().max().item()
+    huge = x.sign() * x.abs().max() * ratio  # every element at 0.99 of float32's largest: a 5% update overflows
+    out = huge.clone()
+    options["scale"] *= ratio**2  # cosine steps move samples by scale / |c|^2 of their norm
+    status = compiled_solver.repel_rows_compiled(huge.numpy(), out.numpy(), 4, **options, kernel="cosine",
+                                                 limit=float(torch.finfo(torch.float32).max), strict=False)  # fmt: skip
+    assert status.tolist() == [MAY_OVERFLOW] * 2 and torch.equal(out, huge)
