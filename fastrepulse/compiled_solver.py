@@ -41,7 +41,6 @@ M = 100 5.5 ms against 20.4 ms (3.7x; rbf 4.0x; about 2.2x on one core), where b
 eigendecompositions of 16 x 16.
 """
 
-
 from __future__ import annotations
 
 import functools

@@ -174,18 +174,21 @@ class Repulsion:
     ) -> np.ndarray | None:
         """Both passes and the solve of one CPU part (float32 or float64) in one compiled call
         (`fastrepulse.compiled_solver.repel_rows_compiled`): the status codes, or None where it does not apply (numba
-        missing, another device or dtype, several parts, an out whose rows are not a view)."""
+        missing, another device or dtype, several parts). An out whose rows are not a view is written through a
+        staged copy, as the torch passes do."""
         x = rows[0]
-        if len(rows) != 1 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        repel_rows = compiled_passes() if len(rows) == 1 else None
+        if repel_rows is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
             return None
         out_rows = _rows_view(outs[0])
-        repel_rows = compiled_passes()
-        if out_rows is None or repel_rows is None:
-            return None
+        target = x.clone() if out_rows is None else out_rows
         options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
         options.update(kernel=self.kernel, limit=_LARGEST[x.dtype], strict=strict)
         with SOLVE_RANGE:
-            return repel_rows(x.numpy(), out_rows.numpy(), group_size, **options)
+            status = repel_rows(x.numpy(), target.numpy(), group_size, **options)
+        if out_rows is None and not (strict and status.any()):
+            outs[0].copy_(target.view(outs[0].shape))
+        return status
 
     def _solve_on_host(self, gram: torch.Tensor, dtype: torch.dtype, strict: bool) -> tuple[torch.Tensor, np.ndarray]:
         if gram.device.type != "cpu" or gram.dtype != torch.float64:
