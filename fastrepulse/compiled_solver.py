@@ -37,7 +37,7 @@ only its run.
 
 Speed (bench/test_solver_speed.py, 2026-12-01, 2 cores, nothing else running): one group of 4 under Vendi
 66 us at M = 50 and 90 us at M = 100 (25x and 53x NumPy's; 55-66x under energy); 8 groups of 16 under Vendi at
-M = 100 5.5 ms against 20.4 ms (3.7x; rbf 4.0x; about 2.2x on one core), where both spend their time in 800
+M = 100 5.5 ms against 20.4 ms (3.7x; rbf 4.0x; 1.7x to 2.2x on one core), where both spend their time in 800
 eigendecompositions of 16 x 16.
 """
 
