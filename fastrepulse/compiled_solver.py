@@ -31,9 +31,9 @@ Importing this module imports numba but compiles nothing: each function compiles
 ``__pycache__`` next to this file or ``NUMBA_CACHE_DIR``; one specialisation of the solve serves every
 objective, kernel and shape, the CPU path one per dtype and memory layout). `fastrepulse.solver` imports it
 lazily at the first solve and falls back to NumPy where numba or SciPy does not import. The first repelled
-block in a fresh process on the 2-core CI machine: ~20-40 s with a cold cache (compiling, the longer under
-load), 1.4 s with a warm one (importing numba and SciPy's LAPACK, loading the cache); every later call costs
-only its run.
+block in a fresh process on the 2-core CI machine: 23 s with a cold cache (compiling, one core busy elsewhere),
+0.6 s with a warm one, torch import included (importing numba and SciPy's LAPACK, loading the cache); every later
+call costs only its run.
 
 Speed (bench/test_solver_speed.py, 2026-12-01, 2 cores, nothing else running): one group of 4 under Vendi
 66 us at M = 50 and 90 us at M = 100 (25x and 53x NumPy's; 55-66x under energy); 8 groups of 16 under Vendi at
