@@ -185,7 +185,7 @@ class Repulsion:
         options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
         options.update(kernel=self.kernel, limit=_LARGEST[x.dtype], strict=strict)
         with SOLVE_RANGE:
-            status = repel_rows(x.numpy(), target.numpy(), group_size, **options)
+            status = repel_rows(x.detach().numpy(), target.detach().numpy(), group_size, **options)
         if out_rows is None and not (strict and status.any()):
             outs[0].copy_(target.view(outs[0].shape))
         return status
