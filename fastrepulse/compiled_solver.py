@@ -1,5 +1,5 @@
 """The host solver's loop compiled with numba: every group's `iterations` steps in one nopython call; and for CPU
-samples the whole repulsion (Gram, steps, apply) in one call.
+samples the whole repulsion (Gram, steps, apply) without a torch call.
 
 The same algorithm as the NumPy reference (`fastrepulse.solver.solve_numpy`, the math in
 `fastrepulse.forces`), written out as scalar loops over B x B matrices: the set-up (the symmetric part
@@ -23,8 +23,8 @@ Each group gets a `fastrepulse.status` code instead of an exception (a NaN input
 that may overflow), and a failed group's P - I is 0, so that a pipeline can leave it as it was.
 
 `repel_rows_compiled` is the torch backend's path for float32/float64 CPU tensors (`Repulsion.run`): the Gram
-matrices in float64, the steps, and ``x + (P - I) x`` formed in float64, in one call, where the torch passes
-would be ~10 torch calls around the solve (per-call overhead, not arithmetic, at the testbed's sizes).
+matrices in float64, the steps, and ``x + (P - I) x`` formed in float64, three compiled calls where the torch
+passes would be ~10 torch calls around the solve (per-call overhead, not arithmetic, at the testbed's sizes).
 
 Importing this module imports numba but compiles nothing: each function compiles on its first call
 (``cache=True``: once per machine and per version of this file, into numba's on-disk cache, the
@@ -464,22 +464,36 @@ def repel_rows_compiled(
     rows: np.ndarray, out: np.ndarray, group_size: int, scale: float, iterations: int, objective: str, kernel: str,
     limit: float, strict: bool,
 ) -> np.ndarray:  # fmt: skip
-    """A whole repulsion of CPU samples in one compiled call: the Gram matrices (float64), `solve_compiled`'s steps
-    and ``out = x + (P - I) x`` (formed in float64, rounded once to x's dtype), for rows, out [N, L] (float32 or
-    float64, unit stride along L; out may be rows). Returns the status codes [N / B].
+    """A whole repulsion of CPU samples in three compiled steps: the Gram matrices (float64), `solve_compiled`'s
+    steps (on several cores where it spreads them) and ``out = x + (P - I) x`` (formed in float64, rounded once to
+    x's dtype), for rows, out [N, L] (float32 or float64, unit stride along L; out may be rows). Returns the status
+    codes [N / B].
 
     Groups that fail are not written; a MAY_OVERFLOW group (bound above `limit`) is staged in x's dtype and written,
     as SOLVED, where it stays finite. `strict`: nothing is written unless every group is SOLVED (the caller then
     explains the failure)."""
-    step, codes = float(scale) / iterations, (OBJECTIVE_CODES[objective], KERNEL_CODES[kernel])
-    constants = (RANK_TOLERANCE, EIGENVALUE_FLOOR, SOLVED, NON_FINITE, BAD_SAMPLES, MAY_OVERFLOW)
-    return _repel_rows(
-        rows, out, group_size, step, int(iterations), *codes, float(limit), JACOBI_MAX_GROUP, constants, strict
-    )
+    mix, status = solve_compiled(_gram_rows(rows, group_size), scale, iterations, objective, kernel, limit)
+    if not (strict and (status != SOLVED).any()):
+        _apply_rows(rows, out, mix, status, SOLVED, MAY_OVERFLOW)
+    return status
 
 
 APPLY_COLUMNS = 512
 """Columns of a group staged at a time in `_apply_group` (B x 512 float64, in cache), so that out may be x."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _gram_rows(rows, group_size):
+    """The Gram matrices [N / B, B, B] of the row groups of rows [N, L], in float64."""
+    count, length = rows.shape
+    staged = np.empty((group_size, length))
+    gram = np.empty((count // group_size, group_size, group_size))
+    for g in range(gram.shape[0]):
+        for i in range(group_size):
+            for k in range(length):
+                staged[i, k] = rows[g * group_size + i, k]
+        np.dot(staged, staged.T, gram[g])
+    return gram
 
 
 @numba.njit(cache=True, nogil=True)
@@ -503,29 +517,18 @@ def _apply_group(rows, first, mix, columns, update, dest, dest_first):
 
 
 @numba.njit(cache=True, nogil=True)
-def _repel_rows(rows, out, group_size, step, iterations, objective, kernel, limit, jacobi_max, constants, strict):
-    solved, may_overflow = constants[2], constants[5]
-    count, length = rows.shape
-    groups = count // group_size
-    staged = np.empty((group_size, length))
-    gram = np.empty((groups, group_size, group_size))
-    for g in range(groups):
-        for i in range(group_size):
-            for k in range(length):
-                staged[i, k] = rows[g * group_size + i, k]
-        np.dot(staged, staged.T, gram[g])
-    mix, status = _solve(gram, step, iterations, objective, kernel, limit, jacobi_max, constants)
-    if strict and (status != solved).any():
-        return status
+def _apply_rows(rows, out, mix, status, solved, may_overflow):
+    """out = x + (P - I) x for the SOLVED groups, and for the MAY_OVERFLOW ones that stay finite in x's dtype
+    (staged, then marked SOLVED in status); the other groups' rows are not written."""
+    groups, group_size = mix.shape[0], mix.shape[1]
     columns = np.empty((group_size, APPLY_COLUMNS))
     update = np.empty(APPLY_COLUMNS)
     for g in range(groups):
         if status[g] == solved:
             _apply_group(rows, g * group_size, mix[g], columns, update, out, g * group_size)
-        elif status[g] == may_overflow:  # written only if it stays finite in x's dtype
-            result = np.empty((group_size, length), dtype=out.dtype)
+        elif status[g] == may_overflow:
+            result = np.empty((group_size, rows.shape[1]), dtype=out.dtype)
             _apply_group(rows, g * group_size, mix[g], columns, update, result, 0)
             if np.isfinite(result).all():
                 out[g * group_size : (g + 1) * group_size] = result
                 status[g] = solved
-    return status

@@ -172,7 +172,7 @@ class Repulsion:
     def _run_compiled(
         self, rows: list[torch.Tensor], outs: list[torch.Tensor], group_size: int, strict: bool
     ) -> np.ndarray | None:
-        """Both passes and the solve of one CPU part (float32 or float64) in one compiled call
+        """Both passes and the solve of one CPU part (float32 or float64) compiled, without a torch call
         (`fastrepulse.compiled_solver.repel_rows_compiled`): the status codes, or None where it does not apply (numba
         missing, another device or dtype, several parts). An out whose rows are not a view is written through a
         staged copy, as the torch passes do."""
