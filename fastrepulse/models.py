@@ -289,9 +289,8 @@ FAMILIES = (
         ("timestep", 0.0, 1.0),
         mask="indicator",
         layout=_ideogram4_layout,
-        baselines=(
-            "particle",
-        ),  # its text argument holds zero features at the image's places too: CADS would noise them
+        # its text argument holds zero features at the image's places too: CADS would noise them
+        baselines=("particle",),
     ),
     Family(  # not the token refiner: text only
         "hunyuan-video",
