@@ -93,6 +93,7 @@ def compile_case(case: Case) -> Report:
             "x_ptr": f"*{case.dtype}",
             "partial_ptr": "*fp64" if dtype == torch.float64 else "*fp32",
             "stride_row": "i32",
+            "stride_group": "i32",
             "L": "i32",
             "CHUNKS_PER_SPLIT": "i32",
         }
@@ -104,7 +105,7 @@ def compile_case(case: Case) -> Report:
             "SLICED": tiling.sliced,
             "INPUT_PRECISION": dot_precision(dtype),
         }
-        attrs = {(0,): aligned, (1,): aligned, (2,): aligned, (3,): aligned}
+        attrs = {(0,): aligned, (1,): aligned, (2,): aligned, (3,): aligned, (4,): aligned}
         options = {"num_warps": tiling.num_warps, "num_stages": tiling.num_stages}
     else:
         apply_tiling = pick_apply_tiling(case.group_size, LENGTH, dtype)

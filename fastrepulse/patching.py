@@ -56,6 +56,7 @@ from fastrepulse.repulsion import Backend, Repulsion, Solver
 from fastrepulse.scheduler import unwrap_scheduler, wrap_scheduler
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 from fastrepulse.tokens import Runs, TextLayout, group_runs
+from fastrepulse.workspace import Workspaces
 
 HANDLE_ATTRIBUTE = "_fastrepulse_handle"
 
@@ -174,8 +175,9 @@ class RepulsionHandle:
         self.config = config
         self.denoiser = denoiser
         self._repulsion = Repulsion(
-            config.scale, config.iterations, config.objective, config.kernel, config.backend, config.solver
-        )
+            config.scale, config.iterations, config.objective, config.kernel, config.backend, config.solver,
+            Workspaces(),
+        )  # fmt: skip
         self._warned_single_groups = False
         self._start()
         self._block_indices = tuple(block.index for block in blocks)
@@ -244,6 +246,7 @@ class RepulsionHandle:
             yield
             self._report(self._call.statuses)
         finally:
+            self._repulsion.workspaces.release_statuses()
             self._call = None
             self._forward = None
             self._busy.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -16,6 +16,7 @@ from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
 from fastrepulse.reference import apply_torch, gram_torch, repel_literal
 from fastrepulse.solver import compiled_passes, result_bound, solve_groups
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
+from fastrepulse.workspace import Workspaces
 
 Backend = Literal["auto", "triton", "torch", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch", "reference")
@@ -107,7 +108,8 @@ class Repulsion:
 
     `run` is `repel` on already-checked tensors. With ``strict=False`` (inside a pipeline) a group that cannot be
     repelled (its steps diverge, its samples are not finite, its result would overflow) is left as it was and
-    reported in the returned status instead of raising, and the device solver's path never waits for the GPU.
+    reported in the returned status instead of raising, and the device solver's path never waits for the GPU; with
+    `workspaces` that path also allocates nothing once it has met a shape (`fastrepulse.workspace`).
     """
 
     scale: float
@@ -116,6 +118,7 @@ class Repulsion:
     kernel: str
     backend: str
     solver: str
+    workspaces: Workspaces | None = field(default=None, compare=False)
 
     def backend_for(self, x: torch.Tensor) -> str:
         """The backend that runs for samples like x ("auto" resolved; "triton", and "device" solver, checked)."""
@@ -140,10 +143,7 @@ class Repulsion:
         gram_fn, apply_fn = _passes(backend)
         with GRAM_RANGE:
             if backend == "triton" and self.solver == "device" and not strict:
-                # the Gram kernel's per-program partial sums, added up by the solve kernel: one launch fewer
-                from fastrepulse.kernels import gram_partials
-
-                gram = torch.cat([gram_partials(part_rows, group_size) for part_rows in rows], dim=1)
+                gram = self._gram_partials(rows, group_size)
             else:
                 gram = gram_fn(rows[0], group_size)
                 for more in rows[1:]:
@@ -202,6 +202,25 @@ class Repulsion:
                 raise ValueError(_divergence(self.scale, self.iterations))
         return torch.from_numpy(mix), status
 
+    def _gram_partials(self, rows: list[torch.Tensor], group_size: int) -> torch.Tensor:
+        """The Gram kernel's per-program partial sums of every part, side by side in one buffer [G, S, B, B]: the
+        solve kernel adds them up itself (one launch fewer than `gram`)."""
+        from fastrepulse.kernels import gram_partials, pick_tiling
+
+        first = rows[0]
+        tilings = [pick_tiling(group_size, part_rows.shape[1], first.dtype, first.device) for part_rows in rows]
+        shape = (first.shape[0] // group_size, sum(tiling.splits for tiling in tilings), group_size, group_size)
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        if self.workspaces is None:
+            partials = torch.empty(shape, dtype=dtype, device=first.device)
+        else:
+            partials = self.workspaces.buffer("gram partials", shape, dtype, first.device)
+        start = 0
+        for part_rows, tiling in zip(rows, tilings, strict=True):
+            gram_partials(part_rows, group_size, tiling, out=partials[:, start : start + tiling.splits])
+            start += tiling.splits
+        return partials
+
     def _solve_on_device(
         self, gram: torch.Tensor, dtype: torch.dtype, strict: bool
     ) -> tuple[torch.Tensor, torch.Tensor | np.ndarray]:
@@ -214,6 +233,10 @@ class Repulsion:
                 f"solver='device' takes groups of at most {MAX_GROUP} samples, got {gram.shape[-1]}; use solver='host'"
             )
         options = {"scale": self.scale, "iterations": self.iterations, "objective": self.objective}
+        if not strict and self.workspaces is not None:  # P - I is used up by this block, the status at the call end
+            groups, size = gram.shape[0], gram.shape[-1]
+            options["out"] = self.workspaces.buffer("mix", (groups, size, size), torch.float64, gram.device)
+            options["status"] = self.workspaces.status(groups, gram.device)
         mix, status = solve_on_device(gram, **options, kernel=self.kernel)
         if not strict:
             return mix, status

@@ -22,6 +22,7 @@ def _gram_kernel(
     x_ptr,
     partial_ptr,
     stride_row,
+    stride_group,
     L,
     CHUNKS_PER_SPLIT,
     B: tl.constexpr,
@@ -31,10 +32,10 @@ def _gram_kernel(
     SLICED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64)."""
+    """partial[g, s] = sum over the L-share s of X[g*B + i, l] * X[g*B + j, l], accumulated in fp32 (fp64); group
+    g's partials start stride_group elements after group g - 1's."""
     i_s = tl.program_id(0)
     i_g = tl.program_id(1)
-    num_splits = tl.num_programs(0)
 
     o_b = tl.arange(0, BLOCK_B)
     m_b = o_b < B
@@ -45,7 +46,7 @@ def _gram_kernel(
     else:
         b_gram = _tile_products(p_rows, m_b, l_start, L, CHUNKS_PER_SPLIT, BLOCK_B, BLOCK_L, INPUT_PRECISION)
 
-    o_out = (i_g * num_splits + i_s).to(tl.int64) * B * B + o_b[:, None] * B + o_b[None, :]
+    o_out = i_g.to(tl.int64) * stride_group + i_s * B * B + o_b[:, None] * B + o_b[None, :]
     tl.store(partial_ptr + o_out, b_gram, mask=m_b[:, None] & m_b[None, :])
 
 
@@ -102,13 +103,17 @@ def _sliced_products(
     return tl.sum(b_acc, axis=0)
 
 
-def gram_partials(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:
+def gram_partials(
+    x: torch.Tensor, group_size: int, tiling: Tiling | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The per-program partial Gram sums [N / group_size, S, group_size, group_size] of the rows of x [N, L].
 
     Partial s is X[g] X[g]^T over the s-th of the S shares of L that `tiling` (default: `pick_tiling`)
     cuts, accumulated in float32 (float64 for float64 x). Their sum over s is the Gram matrix; the device
     solver takes them as they are and adds them itself, in float64 and in a fixed order. x must have unit
-    stride along L; rows are grouped contiguously.
+    stride along L; rows are grouped contiguously. `out` (else a new tensor) may be a slice along S of a larger
+    buffer, e.g. one share of the partials of several parts of one sample: only its last three dimensions need
+    to be contiguous.
 
     >>> x = torch.randn(8, 300)
     >>> gram_partials(x, 4).shape[::2]
@@ -122,11 +127,19 @@ def gram_partials(x: torch.Tensor, group_size: int, tiling: Tiling | None = None
     num_groups = num_rows // group_size
     tiling = tiling or pick_tiling(group_size, length, x.dtype, x.device)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial = torch.empty(num_groups, tiling.splits, group_size, group_size, dtype=acc_dtype, device=x.device)
+    shape = (num_groups, tiling.splits, group_size, group_size)
+    if out is None:
+        out = torch.empty(shape, dtype=acc_dtype, device=x.device)
+    elif out.shape != shape or out.dtype != acc_dtype or out.device != x.device or not out[0].is_contiguous():
+        raise ValueError(
+            f"out must be a {acc_dtype} tensor of shape {list(shape)} on {x.device} whose last three dimensions are "
+            f"contiguous, got {out.dtype} {list(out.shape)} with strides {out.stride()} on {out.device}"
+        )
     _gram_kernel[(tiling.splits, num_groups)](
         x_ptr=x,
-        partial_ptr=partial,
+        partial_ptr=out,
         stride_row=x.stride(0),
+        stride_group=out.stride(0),
         L=length,
         CHUNKS_PER_SPLIT=tiling.chunks_per_split,
         B=group_size,
@@ -138,7 +151,7 @@ def gram_partials(x: torch.Tensor, group_size: int, tiling: Tiling | None = None
         num_warps=tiling.num_warps,
         num_stages=tiling.num_stages,
     )
-    return partial
+    return out
 
 
 def gram(x: torch.Tensor, group_size: int, tiling: Tiling | None = None) -> torch.Tensor:

@@ -131,6 +131,27 @@ def test_gram_partials_are_the_gram_of_each_share_of_l(shape, dtype):
         assert err <= GRAM_TOLERANCE[dtype], f"{shape_id(shape)} {dtype} share {s}: relative error {err:.2e}"
 
 
+def test_gram_partials_of_several_parts_fill_one_buffer_side_by_side():
+    """Two parts of one sample write their shares into slices of one poisoned buffer: nothing outside either slice
+    is touched, each slice is what the part's own partials are, and a slice with the wrong layout is refused."""
+    parts = [torch.randn(6, 600), torch.randn(6, 333)]
+    splits = [pick_tiling(3, part.shape[1], part.dtype, part.device).splits for part in parts]
+    buffer = torch.full((2, sum(splits) + 1, 3, 3), float("nan"))
+
+    gram_partials(parts[0], 3, out=buffer[:, : splits[0]])
+    gram_partials(parts[1], 3, out=buffer[:, splits[0] : sum(splits)])
+
+    assert torch.equal(buffer[:, : splits[0]], gram_partials(parts[0], 3))
+    assert torch.equal(buffer[:, splits[0] : sum(splits)], gram_partials(parts[1], 3))
+    assert buffer[:, sum(splits)].isnan().all()
+    expected = reference_gram(torch.cat(parts, dim=1), 3)
+    assert (buffer[:, :-1].sum(dim=1, dtype=torch.float64) - expected).norm() <= 1e-5 * expected.norm()
+    with pytest.raises(ValueError, match="whose last three dimensions are contiguous"):
+        gram_partials(parts[0], 3, out=buffer[:, : splits[0]].transpose(-1, -2))
+    with pytest.raises(ValueError, match=rf"of shape \[2, {splits[0]}, 3, 3\]"):
+        gram_partials(parts[0], 3, out=buffer[:, : splits[0] + 1])
+
+
 # Group sizes on both sides of MAX_FMA_ROWS; L spans several tiles and ends in a partial one.
 REAL_B_SIZES = [2, 3, 4, 5, 8, 16, 32]
 

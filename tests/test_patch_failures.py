@@ -60,9 +60,14 @@ def test_a_call_that_succeeds_does_not_warn():
     assert _fastrepulse_warnings(caught) == []
 
 
+ALLOCATIONS = ("empty", "empty_like", "zeros", "zeros_like", "ones", "full", "cat", "stack")
+"""torch functions that allocate device memory (on a GPU), which a CUDA graph capture must not meet."""
+
+
 @contextmanager
-def _count_host_reads(module: torch.nn.Module) -> Iterator[Counter]:
-    """Count the host reads that fastrepulse's own code (not Triton's interpreter) makes while `module` runs."""
+def _count_calls(module: torch.nn.Module, methods: tuple[str, ...], functions: tuple[str, ...]) -> Iterator[Counter]:
+    """Count the calls of these torch.Tensor methods and torch functions that fastrepulse's own code (not Triton's
+    interpreter) makes while `module` runs."""
     counts: Counter = Counter()
     inside = [False]
 
@@ -75,22 +80,25 @@ def _count_host_reads(module: torch.nn.Module) -> Iterator[Counter]:
 
         return wrapper
 
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-    patched = {"tensor": torch.tensor, "synchronize": torch.cuda.synchronize}
+    owners = [(torch.Tensor, name) for name in methods]
+    owners += [(torch.cuda, name[5:]) if name.startswith("cuda.") else (torch, name) for name in functions]
+    originals = [(owner, name, getattr(owner, name)) for owner, name in owners]
     enter = module.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
     leave = module.register_forward_hook(lambda *_: inside.__setitem__(0, False))
     try:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, counted(name, original))
-        torch.tensor = counted("torch.tensor", patched["tensor"])  # a host-to-device copy for a device tensor
-        torch.cuda.synchronize = counted("torch.cuda.synchronize", patched["synchronize"])
+        for owner, name, original in originals:
+            setattr(owner, name, counted(name, original))
         yield counts
     finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-        torch.tensor, torch.cuda.synchronize = patched["tensor"], patched["synchronize"]
+        for owner, name, original in originals:
+            setattr(owner, name, original)
         enter.remove()
         leave.remove()
+
+
+def _count_host_reads(module: torch.nn.Module) -> Iterator[Counter]:
+    """The host reads and host-to-device copies (`torch.tensor` of a device tensor), and syncs."""
+    return _count_calls(module, HOST_READS, ("tensor", "cuda.synchronize"))
 
 
 def test_the_device_solver_never_reads_the_device_inside_the_forward():
@@ -104,3 +112,19 @@ def test_the_device_solver_never_reads_the_device_inside_the_forward():
     with fastrepulse.patched(pipe, solver="host", **options), _count_host_reads(pipe.transformer) as counts:
         _generate(pipe)
     assert counts["fastrepulse.repulsion.numpy"] > 0
+
+
+def test_the_device_solver_allocates_nothing_inside_the_forward_after_the_first_call():
+    """With solver="device" the Gram partials, P - I and the statuses live in workspaces that the pipeline's later
+    calls reuse: the second call's hooked forwards allocate nothing (a CUDA graph could capture them), and its
+    images are the first call's. The first call must allocate: that checks the counter."""
+    pipe = pipelines.flux()
+    options = {"scale": 300.0, "steps": 2, "iterations": 3, "backend": "triton", "solver": "device"}
+    with fastrepulse.patched(pipe, **options):
+        with _count_calls(pipe.transformer, (), ALLOCATIONS) as first:
+            images = _generate(pipe)
+        with _count_calls(pipe.transformer, (), ALLOCATIONS) as second:
+            again = _generate(pipe)
+    assert first["fastrepulse.workspace.empty"] > 0, first
+    assert second == Counter()
+    assert torch.equal(again, images)
