@@ -13,7 +13,7 @@ import torch
 
 from fastrepulse.forces import KERNELS, OBJECTIVES, Kernel, Objective
 from fastrepulse.profiling import APPLY_RANGE, GRAM_RANGE, SOLVE_RANGE
-from fastrepulse.reference import apply_torch, gram_torch, repel_literal
+from fastrepulse.reference import accumulation_dtype, apply_torch, gram_torch, repel_literal
 from fastrepulse.solver import compiled_passes, result_bound, solve_groups
 from fastrepulse.status import BAD_SAMPLES, MAY_OVERFLOW, NON_FINITE, NOT_CONVERGED, SOLVED
 from fastrepulse.workspace import Workspaces
@@ -210,7 +210,7 @@ class Repulsion:
         first = rows[0]
         tilings = [pick_tiling(group_size, part_rows.shape[1], first.dtype, first.device) for part_rows in rows]
         shape = (first.shape[0] // group_size, sum(tiling.splits for tiling in tilings), group_size, group_size)
-        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        dtype = accumulation_dtype(first.dtype)
         if self.workspaces is None:
             partials = torch.empty(shape, dtype=dtype, device=first.device)
         else:

@@ -4,7 +4,7 @@ The device path of one repelled block writes three intermediates: the Gram kerne
 P - I and the solver's per-group status. The first two are consumed within the block, in stream order, so one
 buffer per shape serves every block. Statuses are read only when the pipeline call ends (one transfer for the
 call), so each block of a call takes a slot of its own; the slots are handed out again by the next call. After
-the first call of a shape, a repelled forward allocates nothing, as a CUDA graph capture needs.
+the first call of a shape, a repelled forward allocates nothing: its buffers stay put from call to call.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 Key = tuple[str, tuple[int, ...], torch.dtype, torch.device]
+"""A buffer's name, shape, dtype and device."""
 
 
 class Workspaces:
@@ -19,8 +20,8 @@ class Workspaces:
 
     def __init__(self) -> None:
         self._buffers: dict[Key, torch.Tensor] = {}
-        self._statuses: dict[Key, list[torch.Tensor]] = {}
-        self._taken: dict[Key, int] = {}
+        self._statuses: dict[tuple[int, torch.device], list[torch.Tensor]] = {}  # by groups and device
+        self._taken: dict[tuple[int, torch.device], int] = {}
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The uninitialised buffer `name` of this shape, dtype and device, the same tensor every time."""
@@ -31,7 +32,7 @@ class Workspaces:
 
     def status(self, groups: int, device: torch.device) -> torch.Tensor:
         """A status slot [groups] (int32) that no other block of this call holds."""
-        key = ("status", (groups,), torch.int32, device)
+        key = (groups, device)
         slots = self._statuses.setdefault(key, [])
         taken = self._taken.get(key, 0)
         if taken == len(slots):

@@ -61,7 +61,7 @@ def test_a_call_that_succeeds_does_not_warn():
 
 
 ALLOCATIONS = ("empty", "empty_like", "zeros", "zeros_like", "ones", "full", "cat", "stack")
-"""torch functions that allocate device memory (on a GPU), which a CUDA graph capture must not meet."""
+"""torch functions that allocate memory (device memory for device tensors)."""
 
 
 @contextmanager
@@ -116,7 +116,7 @@ def test_the_device_solver_never_reads_the_device_inside_the_forward():
 
 def test_the_device_solver_allocates_nothing_inside_the_forward_after_the_first_call():
     """With solver="device" the Gram partials, P - I and the statuses live in workspaces that the pipeline's later
-    calls reuse: the second call's hooked forwards allocate nothing (a CUDA graph could capture them), and its
+    calls reuse: the second call's hooked forwards allocate nothing (their buffers stay put), and its
     images are the first call's. The first call must allocate: that checks the counter."""
     pipe = pipelines.flux()
     options = {"scale": 300.0, "steps": 2, "iterations": 3, "backend": "triton", "solver": "device"}
