@@ -27,6 +27,7 @@ from diffusers import (
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from fastrepulse.testbed import scene_models
 from fastrepulse.testbed.digits import SIZE
 from fastrepulse.testbed.text import clip_encoder, clip_tokenizer, t5_encoder, t5_tokenizer
 
@@ -64,6 +65,7 @@ class _Defaults:
 
     testbed_name: str
     call_defaults: dict[str, Any] = {}
+    size: int = SIZE
 
     def to_json_string(self) -> str:
         """The config that `save_pretrained` writes to model_index.json: named as the diffusers pipeline class, which
@@ -74,7 +76,7 @@ class _Defaults:
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def __call__(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Any:
-        settings = {"height": SIZE, "width": SIZE, **self.call_defaults, **kwargs}
+        settings = {"height": self.size, "width": self.size, **self.call_defaults, **kwargs}
         if isinstance(prompt, list) and isinstance(settings.get("negative_prompt"), str):
             settings["negative_prompt"] = [settings["negative_prompt"]] * len(prompt)
         return super().__call__(prompt, **settings)
@@ -94,17 +96,34 @@ class TestbedSD3Pipeline(_Defaults, StableDiffusion3Pipeline):
     call_defaults = CALL_DEFAULTS["sd3"]
 
 
+class ScenesFluxPipeline(_Defaults, FluxPipeline):
+    """FluxPipeline with the scenes testbed's stored defaults."""
+
+    testbed_name = "scenes-flux"
+    call_defaults = scene_models.CALL_DEFAULTS["scenes-flux"]
+    size = scene_models.SIZE
+
+
+PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
+    "flux": TestbedFluxPipeline,
+    "sd3": TestbedSD3Pipeline,
+    "scenes-flux": ScenesFluxPipeline,
+}
+"""Every testbed pipeline by name: the digit models and the scene models."""
+
+
 def from_saved(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
     """The testbed pipeline `name` again, with its stored call defaults, from the components of a folder that
     `save_pretrained` wrote (loaded as the standard pipeline; its model_index.json carries `TESTBED_MARKER`)."""
-    classes = {"flux": TestbedFluxPipeline, "sd3": TestbedSD3Pipeline}
+    classes = PIPELINE_CLASSES
     if name not in classes:
         raise ValueError(f"{TESTBED_MARKER} must be one of {sorted(classes)}, got {name!r}")
     return classes[name](**pipe.components)
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
-    """The testbed pipeline `name` ("flux" or "sd3") on the CPU in float32, with its trained weights.
+    """The testbed pipeline `name` (the digits' "flux" or "sd3", the scenes' "scenes-flux") on the CPU in float32,
+    with its trained weights.
 
     `trained=False` gives the same architecture with its seeded initial weights (what training starts from).
 
@@ -113,15 +132,16 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
         FileNotFoundError: the weights are missing from the installed package (reinstall it, or rerun
             bench/train_testbed.py).
     """
-    if name not in CALL_DEFAULTS:
-        raise ValueError(f"testbed model must be one of {sorted(CALL_DEFAULTS)}, got {name!r}")
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"testbed model must be one of {sorted(PIPELINE_CLASSES)}, got {name!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        pipe = _build(name)
+        pipe = scene_models.build(PIPELINE_CLASSES[name]) if name in scene_models.NAMES else _build(name)
     if trained:
         path = WEIGHTS / f"{name}.safetensors"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: reinstall fastrepulse, or run bench/train_testbed.py")
+            script = "train_scenes.py" if name in scene_models.NAMES else "train_testbed.py"
+            raise FileNotFoundError(f"{path} is missing: reinstall fastrepulse, or run bench/{script}")
         with safe_open(path, "pt") as weights:
             state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 (no __iter__)
             load_weights(pipe, state, weights.metadata())
