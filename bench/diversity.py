@@ -45,6 +45,7 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -429,8 +430,15 @@ def grid_scale(panel: list[Row], forced: float | None) -> float | None:
     return best.scale if best else min(sweep, default=None)
 
 
-def plot_grid(base: torch.Tensor, repelled: torch.Tensor, digits: Sequence[int], title: str, path: Path) -> None:
-    """Base images [P, B, C, H, W] left of repelled ones, one row per digit, a blank column between."""
+def plot_grid(
+    base: torch.Tensor,
+    repelled: torch.Tensor,
+    row_labels: Sequence[str],
+    title: str,
+    path: Path,
+    repelled_label: str = "contextual",
+) -> None:
+    """Base images [P, B, C, H, W] left of repelled ones, one labelled row per prompt, a blank column between."""
     prompts, group_size, _, height, width = base.shape
 
     def cell(tensor: torch.Tensor) -> torch.Tensor:
@@ -439,17 +447,18 @@ def plot_grid(base: torch.Tensor, repelled: torch.Tensor, digits: Sequence[int],
     gap = torch.ones(prompts, 1, *cell(base[0, 0]).shape)
     tiles = torch.cat([cell(base), gap, cell(repelled)], dim=1)  # [P, 2B + 1, C, h, w]
     mosaic = tiles.permute(0, 3, 1, 4, 2).reshape(prompts * tiles.shape[3], tiles.shape[1] * tiles.shape[4], -1)
-    fig, ax = plt.subplots(figsize=(0.5 + 0.55 * tiles.shape[1], 0.6 + 0.55 * prompts))
-    ax.imshow(mosaic.squeeze(-1).numpy() if mosaic.shape[-1] == 1 else mosaic.numpy(), cmap="gray")
+    inches = max(0.55, tiles.shape[-1] / 60)  # a tile: 0.55 inch for digits, larger for larger images
+    fig, ax = plt.subplots(figsize=(0.5 + inches * tiles.shape[1], 0.6 + inches * prompts))
+    image = mosaic.squeeze(-1).numpy() if mosaic.shape[-1] == 1 else mosaic.numpy()
+    ax.imshow(image, cmap="gray", interpolation="nearest")
     row_height, column_width = tiles.shape[3], tiles.shape[4]
-    ax.set_yticks([(p + 0.5) * row_height for p in range(prompts)], [str(digit) for digit in digits])
+    ax.set_yticks([(p + 0.5) * row_height for p in range(prompts)], list(row_labels), fontsize=7)
     ax.set_xticks(
-        [group_size * column_width / 2, (group_size + 1 + group_size / 2) * column_width], ["base", "contextual"]
+        [group_size * column_width / 2, (group_size + 1 + group_size / 2) * column_width], ["base", repelled_label]
     )
     ax.tick_params(length=0)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -484,7 +493,7 @@ def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int
             plot_grid(
                 images[model, group_size, "base", None],
                 images[model, group_size, "contextual", scale],
-                args.digits,
+                [str(digit) for digit in args.digits],
                 title,
                 args.out_dir / f"grid-{model}-b{group_size}.png",
             )

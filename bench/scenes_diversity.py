@@ -48,7 +48,7 @@ from typing import Any
 import diffusers
 import matplotlib
 import torch
-from diversity import paired_gain
+from diversity import paired_gain, plot_grid
 
 import fastrepulse
 from fastrepulse import eval as metrics
@@ -143,12 +143,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--contextual-steps", nargs="+", default=["1", "2", "5", "all"], help='ints or "all"')
     parser.add_argument("--contextual-blocks", nargs="+", default=["early", "middle", "late"])
     parser.add_argument("--contextual-sites", nargs="+", default=["attention", "block"])
+    parser.add_argument(
+        "--contextual-configs",
+        nargs="+",
+        help='explicit steps/blocks/site triples, e.g. "all/early/attention 5/late/block", instead of the product '
+        "of the three lists above",
+    )
     parser.add_argument("--cads-scales", nargs="+", type=float, default=[0.2, 0.4, 0.8, 1.6])
     parser.add_argument("--particle-scales", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0])
     parser.add_argument("--quick", action="store_true", help="CI-sized: B=4, one seed, two prompts, 4 sampler steps")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    args.contextual_steps = [step if step == "all" else int(step) for step in args.contextual_steps]
+    if args.contextual_configs:
+        triples = [config.split("/") for config in args.contextual_configs]
+        if any(len(triple) != 3 for triple in triples):
+            parser.error("--contextual-configs takes steps/blocks/site triples such as all/early/attention")
+        args.contextual_configs = [(_steps(steps), blocks, site) for steps, blocks, site in triples]
+    else:
+        args.contextual_configs = list(
+            itertools.product(map(_steps, args.contextual_steps), args.contextual_blocks, args.contextual_sites)
+        )
     if args.quick:
         args.group_sizes, args.seeds = [4], 1
     if any(not 2 <= size < MAX_GROUP_SIZE for size in args.group_sizes) or args.seeds < 1:
@@ -156,13 +170,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _steps(text: str) -> int | str:
+    return text if text == "all" else int(text)
+
+
 def settings_of(args: argparse.Namespace) -> list[Setting]:
     """Every setting, base first."""
     contextual = [
         Setting("contextual", scale, steps, blocks, site)
-        for steps, blocks, site in itertools.product(
-            args.contextual_steps, args.contextual_blocks, args.contextual_sites
-        )
+        for steps, blocks, site in args.contextual_configs
         for scale in args.contextual_scales
     ]
     baselines = [
@@ -372,28 +388,6 @@ def plot_pareto(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_grid(base: torch.Tensor, other: torch.Tensor, prompts: list, title: str, path: Path) -> None:
-    """Base images [P, B, 3, H, W] left of another setting's, one row per prompt, upscaled 3x."""
-    count, group_size = base.shape[:2]
-
-    def cells(tensor: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(tensor.clamp(0, 1), (2, 2, 2, 2), value=1.0)
-
-    gap = torch.ones(count, 1, *cells(base[0, 0]).shape)
-    tiles = torch.cat([cells(base), gap, cells(other)], dim=1)
-    mosaic = tiles.permute(0, 3, 1, 4, 2).reshape(count * tiles.shape[3], tiles.shape[1] * tiles.shape[4], 3)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * tiles.shape[1], 0.5 + 0.75 * count))
-    ax.imshow(mosaic.numpy(), interpolation="nearest")
-    ax.set_yticks([(p + 0.5) * tiles.shape[3] for p in range(count)], [p.text for p in prompts], fontsize=6)
-    ax.set_xticks(
-        [group_size * tiles.shape[4] / 2, (group_size + 1 + group_size / 2) * tiles.shape[4]], ["base", title]
-    )
-    ax.tick_params(length=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int:
     """Run the sweep and write every output; `loader(name)` gives a model's pipeline (default: the testbed's)."""
     args = parse_args(argv)
@@ -431,8 +425,8 @@ def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int
         plot_grid(
             args.first_images[model, group_size, Setting("base")],
             args.first_images[model, group_size, chosen],
-            prompts,
-            f"contextual, {describe(best)}",
+            [prompt.text for prompt in prompts],
+            f"{model}, B={group_size}, seed {args.first_seed}: base | contextual, {describe(best)}",
             args.out_dir / f"scenes-grid-{model}-b{group_size}.png",
         )
     settings = {

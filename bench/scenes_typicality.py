@@ -41,7 +41,7 @@ def readings_of_model(pipe, prompts: Sequence[ScenePrompt], group_size: int, see
         prompt=[prompt.text for prompt in prompts],
         num_images_per_prompt=group_size,
         generator=generators(seed, len(prompts), group_size),
-        true_cfg_scale=cfg,
+        **{"true_cfg_scale" if "true_cfg_scale" in pipe.call_defaults else "guidance_scale": cfg},
     )
     found = judge(out.images)[0]
     return [found[index * group_size : (index + 1) * group_size] for index in range(len(prompts))]
@@ -55,14 +55,24 @@ def readings_of_data(prompts: Sequence[ScenePrompt], group_size: int, seed: int)
     return [found[index * group_size : (index + 1) * group_size] for index in range(len(prompts))]
 
 
+KINDS = ("background", "position", "colour", "shape", "size")
+
+
 def row(label: str, groups: list[tuple[ScenePrompt, list]]) -> str:
-    """One markdown row: fidelity, then the pooled entropy summary and coverage."""
+    """One markdown row: fidelity, the pooled entropy summary and coverage, then the ratio per kind of attribute."""
     images = [(prompt, reading) for prompt, readings in groups for reading in readings]
     fidelity = 100 * sum(satisfies(reading, prompt) for prompt, reading in images) / len(images)
-    pooled = summary([group_diversity(readings, prompt) for prompt, readings in groups])
+    diversities = [group_diversity(readings, prompt) for prompt, readings in groups]
+    pooled = summary(diversities)
+    scored = [group for group in diversities if group.fitting >= 2]
+    ratios = []
+    for kind in KINDS:
+        found = sum(value for group in scored for (_, key), value in group.entropy.items() if key == kind)
+        expected = sum(value for group in scored for (_, key), value in group.data_entropy.items() if key == kind)
+        ratios.append(f"{found / expected:.2f}" if expected else "-")
     return (
         f"| {label} | {fidelity:.1f} | {pooled['entropy']:.3f} | {pooled['data_entropy']:.3f} "
-        f"| {pooled['entropy_ratio']:.3f} | {pooled['coverage']:.3f} |"
+        f"| {pooled['entropy_ratio']:.3f} | {pooled['coverage']:.3f} | {' | '.join(ratios)} |"
     )
 
 
@@ -81,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.model}, groups of {args.group_size}, {args.seeds} seeds x {len(prompts)} benchmark prompts. Entropy: "
         "bits per free attribute among the images that fit the prompt; data: the mean at as many draws.",
         "",
-        "| images | fidelity % | entropy | data entropy | ratio | coverage |",
-        "|---|---|---|---|---|---|",
+        "| images | fidelity % | entropy | data entropy | ratio | coverage | "
+        + " | ".join(f"{kind} ratio" for kind in KINDS)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(KINDS),
     ]
     data = [
         group

@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from diversity import main  # noqa: E402
 LOADERS = {"flux": pipelines.flux, "sd3": pipelines.sd3}
 SWEEPS = {"contextual": [0.0, 1e3], "cads": [0.25], "particle": [1.0]}
 GROUP_SIZE = 2
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and on a busy shared CPU two threads spin: 50x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")

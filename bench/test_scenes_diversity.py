@@ -7,25 +7,15 @@ untrained pipeline mean nothing, the outputs, their schema and the pairing with 
 import csv
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("matplotlib")
 
 from scenes_diversity import main  # noqa: E402
 
 from fastrepulse.testbed import pipeline  # noqa: E402
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -1,7 +1,7 @@
 """Train the scenes testbed's pipelines on rendered colour scenes and write their weights into the package.
 
-    python bench/train_scenes.py                       # VAE, then the Flux model: fastrepulse/testbed/weights/
-    python bench/train_scenes.py --vae-from /tmp/vae.safetensors --out /tmp/w
+    python bench/train_scenes.py                                # VAE, then the Flux model: into weights/
+    python bench/train_scenes.py --model scenes-sd3 --vae-from fastrepulse/testbed/weights/scenes-flux.safetensors
 
 Seeded: the same arguments and thread count give the same weights, bit for bit (the thread count changes float
 summation order). Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from train_testbed import descend, velocity
 
 from fastrepulse.testbed.judge import accuracy, judge
 from fastrepulse.testbed.models import WEIGHTS, latent_statistics, load_weights, pipeline, state_of
@@ -132,25 +133,15 @@ def train_vae(pipe, steps: int, batch: int, seed: int) -> None:
 
 
 def _encode_text(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text and pooled embeddings as the pipeline computes them for its transformer."""
     with torch.no_grad():
-        embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=TEXT_TOKENS)
+        if pipe.testbed_name == "scenes-sd3":
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS
+            )
+        else:
+            embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=TEXT_TOKENS)
     return embeds, pooled
-
-
-def velocity(pipe, noisy: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor):
-    """The Flux transformer's velocity for latents [N, C, 6, 6], called exactly as the pipeline calls it."""
-    n, c, h, w = noisy.shape
-    packed = pipe._pack_latents(noisy, n, c, h, w)
-    image_ids = pipe._prepare_latent_image_ids(n, h // 2, w // 2, noisy.device, noisy.dtype)
-    out = pipe.transformer(
-        hidden_states=packed,
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        timestep=sigma,
-        img_ids=image_ids,
-        txt_ids=torch.zeros(embeds.shape[1], 3),
-    ).sample
-    return pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
 
 
 def train_transformer(pipe, steps: int, batch: int, seed: int, named: float, background: float) -> None:
@@ -174,18 +165,14 @@ def train_transformer(pipe, steps: int, batch: int, seed: int, named: float, bac
         sigma = torch.rand(batch, generator=generator)
         noise = torch.randn(clean.shape, generator=generator)
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1) * noise
-        loss = F.mse_loss(velocity(pipe, noisy, sigma, embeds, pooled), noise - clean)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for kept, current in zip(average.parameters(), transformer.parameters(), strict=True):
-                kept.lerp_(current, 1 - decay)
+        layout = "sd3" if pipe.testbed_name == "scenes-sd3" else "flux"
+        loss = F.mse_loss(velocity(pipe, layout, noisy, sigma, embeds, pooled), noise - clean)
+        descend(transformer, average, optimizer, schedule, loss, step)
         if step % 250 == 0 or step == steps - 1:
-            print(f"  flux step {step:5d}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {pipe.testbed_name} step {step:5d}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     transformer.load_state_dict(average.state_dict())
     transformer.eval().requires_grad_(False)
 

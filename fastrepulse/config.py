@@ -134,6 +134,9 @@ PRESETS: dict[str, RepulsionConfig] = {
     "sd3.5-turbo": RepulsionConfig(scale=1e6, steps=1, iterations=100),  # eta 1e5 .. 1e7, 4 steps, no CFG
     # What bench/diversity.py recommends for the testbed digit models (docs/diversity.md): every step.
     "testbed": RepulsionConfig(scale=3e4, steps="all", iterations=50),
+    # What bench/scenes_diversity.py recommends for the scenes-flux model: the first 25% of its 20 steps, the late
+    # third of its blocks, at the block output (docs/diversity.md: feature-Vendi +10%, free-attribute entropy +3..5%).
+    "scenes": RepulsionConfig(scale=1e5, steps=5, iterations=50, blocks="late", site="block"),
 }
 
 FLUX_DEV_TEXT = (512, 3072)

@@ -104,10 +104,19 @@ class ScenesFluxPipeline(_Defaults, FluxPipeline):
     size = scene_models.SIZE
 
 
+class ScenesSD3Pipeline(_Defaults, StableDiffusion3Pipeline):
+    """StableDiffusion3Pipeline with the scenes testbed's stored defaults."""
+
+    testbed_name = "scenes-sd3"
+    call_defaults = scene_models.CALL_DEFAULTS["scenes-sd3"]
+    size = scene_models.SIZE
+
+
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "flux": TestbedFluxPipeline,
     "sd3": TestbedSD3Pipeline,
     "scenes-flux": ScenesFluxPipeline,
+    "scenes-sd3": ScenesSD3Pipeline,
 }
 """Every testbed pipeline by name: the digit models and the scene models."""
 
@@ -122,8 +131,8 @@ def from_saved(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
-    """The testbed pipeline `name` (the digits' "flux" or "sd3", the scenes' "scenes-flux") on the CPU in float32,
-    with its trained weights.
+    """The testbed pipeline `name` (the digits' "flux" or "sd3", the scenes' "scenes-flux" or "scenes-sd3") on the
+    CPU in float32, with its trained weights.
 
     `trained=False` gives the same architecture with its seeded initial weights (what training starts from).
 
@@ -136,7 +145,7 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
         raise ValueError(f"testbed model must be one of {sorted(PIPELINE_CLASSES)}, got {name!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        pipe = scene_models.build(PIPELINE_CLASSES[name]) if name in scene_models.NAMES else _build(name)
+        pipe = scene_models.build(name, PIPELINE_CLASSES[name]) if name in scene_models.NAMES else _build(name)
     if trained:
         path = WEIGHTS / f"{name}.safetensors"
         if not path.exists():

@@ -3,7 +3,7 @@
 Every component is a diffusers or transformers class made from constructor arguments:
 - a VAE with three downsamplings (48 x 48 RGB to 16-channel 6 x 6 latents), so that a pipeline's 2 x 2 latent
   patch, one image token, covers one 16 x 16 cell of the scene's grid: 9 image tokens;
-- the transformer (Flux: 3 joint and 3 single-stream blocks of width 128);
+- the transformer (Flux: 3 joint and 3 single-stream blocks; SD3: 4 joint blocks; width 128);
 - CLIP and T5 text encoders with word-level tokenizers (fixed random weights, shipped with the rest: the
   transformer learns to read them), one token per word of the scene prompts;
 - a flow-matching Euler scheduler.
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from transformers import CLIPTextModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from fastrepulse.testbed import scenes
 from fastrepulse.testbed.text import clip_encoder, t5_encoder, word_tokenizer
 
 SIZE = scenes.SIZE
+GRID = scenes.GRID
 VOCABULARY = (
     *("a", "an", "and", "at", "the", "on", "background", "shape"),
     *scenes.SIZES,
@@ -38,7 +39,7 @@ CLIP_TOKENS = 24
 TEXT_WIDTH = 64
 CLIP_WIDTH = 32
 LATENT_CHANNELS = 16
-NAMES = ("scenes-flux",)
+NAMES = ("scenes-flux", "scenes-sd3")
 
 CALL_DEFAULTS: dict[str, dict[str, Any]] = {
     "scenes-flux": {
@@ -47,6 +48,7 @@ CALL_DEFAULTS: dict[str, dict[str, Any]] = {
         "negative_prompt": "",
         "max_sequence_length": TEXT_TOKENS,
     },
+    "scenes-sd3": {"num_inference_steps": 20, "guidance_scale": 3.0, "max_sequence_length": TEXT_TOKENS},
 }
 """The scene models by name, with their stored call defaults: 20 Euler steps, classifier-free guidance 3 (true CFG
 for Flux), 48 x 48 pixels."""
@@ -82,32 +84,52 @@ def clip_words():
     )
 
 
-def build(pipeline_class: type) -> Any:
-    """The untrained Flux scenes pipeline as `pipeline_class` (the testbed's subclass of FluxPipeline)."""
+def build(name: str, pipeline_class: type) -> Any:
+    """The untrained scenes pipeline `name` ("scenes-flux" or "scenes-sd3") as `pipeline_class` (the testbed's
+    subclass of the diffusers pipeline)."""
     clip_tokenizer = clip_words()
-    clip_ids = {key: clip_tokenizer.convert_tokens_to_ids(token) for key, token in
-                (("bos", "<|startoftext|>"), ("eos", "<|endoftext|>"))}  # fmt: skip
-    text_encoder = clip_encoder(CLIPTextModel, CLIP_WIDTH, CLIP_TOKENS, len(clip_tokenizer), **clip_ids)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * LATENT_CHANNELS,  # the pipeline packs 2 x 2 latent pixels: one token per cell
-        num_layers=3,
-        num_single_layers=3,
-        attention_head_dim=32,
-        num_attention_heads=4,
-        joint_attention_dim=TEXT_WIDTH,
-        pooled_projection_dim=CLIP_WIDTH,
-        guidance_embeds=False,
-        axes_dims_rope=(8, 12, 12),
-    )
+    ids = {"bos": clip_tokenizer.bos_token_id, "eos": clip_tokenizer.eos_token_id, "vocab_size": len(clip_tokenizer)}
+    t5 = {"text_encoder_3" if name == "scenes-sd3" else "text_encoder_2": t5_encoder(TEXT_WIDTH, len(t5_words()))}
+    t5["tokenizer_3" if name == "scenes-sd3" else "tokenizer_2"] = t5_words()
+    if name == "scenes-flux":
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4 * LATENT_CHANNELS,  # the pipeline packs 2 x 2 latent pixels: one token per cell
+            num_layers=3,
+            num_single_layers=3,
+            attention_head_dim=32,
+            num_attention_heads=4,
+            joint_attention_dim=TEXT_WIDTH,
+            pooled_projection_dim=CLIP_WIDTH,
+            guidance_embeds=False,
+            axes_dims_rope=(8, 12, 12),
+        )
+        clip = {
+            "text_encoder": clip_encoder(CLIPTextModel, CLIP_WIDTH, CLIP_TOKENS, **ids),
+            "tokenizer": clip_tokenizer,
+        }
+    else:
+        transformer = SD3Transformer2DModel(
+            sample_size=SIZE // 8,
+            patch_size=2,  # one token per cell, as Flux's packing
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            num_layers=4,  # the last one has no text output
+            attention_head_dim=32,
+            num_attention_heads=4,
+            joint_attention_dim=TEXT_WIDTH,
+            caption_projection_dim=128,
+            pooled_projection_dim=2 * CLIP_WIDTH,
+            pos_embed_max_size=GRID,
+        )
+        clip = {  # SD3 sets the two CLIP encoders' states side by side: 2 x 32 = the T5 width
+            "text_encoder": clip_encoder(CLIPTextModelWithProjection, CLIP_WIDTH, CLIP_TOKENS, **ids),
+            "tokenizer": clip_tokenizer,
+            "text_encoder_2": clip_encoder(CLIPTextModelWithProjection, CLIP_WIDTH, CLIP_TOKENS, **ids),
+            "tokenizer_2": clip_words(),
+        }
     pipe = pipeline_class(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-        vae=vae(),
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=t5_encoder(TEXT_WIDTH, vocab_size=len(t5_words())),
-        tokenizer_2=t5_words(),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae(), **clip, **t5
     )
     pipe.default_sample_size = SIZE // pipe.vae_scale_factor
     return pipe
