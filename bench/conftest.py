@@ -1,9 +1,16 @@
 """Fixtures of the benchmark smoke runs."""
 
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+# As in tests/conftest.py: from the repository root, `python -m pytest` would let kernels/ shadow the PyPI `kernels`.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or os.curdir).resolve() != ROOT]
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import math
 import random
 import sys
@@ -34,11 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from train_testbed import descend, velocity
+from safetensors.torch import save_file
+from train_testbed import descend, ship, velocity
 
 from fastrepulse.testbed.judge import accuracy, judge
-from fastrepulse.testbed.models import WEIGHTS, latent_statistics, load_weights, pipeline, state_of
+from fastrepulse.testbed.models import WEIGHTS, latent_statistics, pipeline, state_of
 from fastrepulse.testbed.scene_models import CALL_DEFAULTS, TEXT_TOKENS
 from fastrepulse.testbed.scenes import (
     BACKGROUNDS,
@@ -224,12 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.vae.requires_grad_(False)
     print(f"{args.model}: {args.steps} steps, batch {args.batch}", flush=True)
     train_transformer(pipe, args.steps, args.batch, args.seed + 1, args.named, args.background)
-    path = args.out / f"{args.model}.safetensors"
-    save_file(state_of(pipe), path, metadata=latent_statistics(pipe))
-    load_weights(pipe, load_file(path), latent_statistics(pipe))  # judge the shipped float16 weights
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    size_mb = path.stat().st_size / 2**20
-    print(f"{args.model}: wrote {path} ({size_mb:.2f} MiB, sha256 {digest}) after {time.perf_counter() - start:.0f} s")
+    ship(pipe, args.out / f"{args.model}.safetensors", start)
     print(f"{args.model}: fidelity {check_fidelity(pipe):.1f}% (8 images per benchmark prompt, seed 0)", flush=True)
     return 0
 

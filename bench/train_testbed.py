@@ -145,6 +145,16 @@ def descend(module, average, optimizer, schedule, loss: torch.Tensor, step: int)
             kept.lerp_(current, 1 - decay)
 
 
+def ship(pipe, path: Path, start: float) -> None:
+    """Write the pipeline's float16 weights to `path` and load them back, so that what is judged next is what ships;
+    print the file's size and digest and the seconds since `start`."""
+    save_file(state_of(pipe), path, metadata=latent_statistics(pipe))
+    load_weights(pipe, load_file(path), latent_statistics(pipe))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    size_mb = path.stat().st_size / 2**20
+    print(f"{path.stem}: wrote {path} ({size_mb:.2f} MiB, sha256 {digest}) after {time.perf_counter() - start:.0f} s")
+
+
 def check_fidelity(pipe, images_per_digit: int = 8) -> float:
     """Share (%) of generated digits that the testbed classifier reads as the requested digit."""
     prompts = [PROMPT.format(digit=d) for d in range(10)]
@@ -184,12 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         latents = encode_latents(pipe, images, generator)
         print(f"{name}: {args.steps} steps, batch {args.batch}", flush=True)
         train_transformer(pipe, name, latents, labels, args.steps, args.batch, generator)
-        path = args.out / f"{name}.safetensors"
-        save_file(state_of(pipe), path, metadata=latent_statistics(pipe))
-        load_weights(pipe, load_file(path), latent_statistics(pipe))  # judge the shipped float16 weights
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        size_mb = path.stat().st_size / 2**20
-        print(f"{name}: wrote {path} ({size_mb:.2f} MiB, sha256 {digest}) after {time.perf_counter() - start:.0f} s")
+        ship(pipe, args.out / f"{name}.safetensors", start)
         print(f"{name}: fidelity {check_fidelity(pipe):.1f}% (8 images per digit, seed 0)", flush=True)
     return 0
 

@@ -1,8 +1,15 @@
 """Test set-up: Triton kernels run under the interpreter on CPU tensors, every test from one chosen seed."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+
+# `python -m pytest` puts the working directory on sys.path. From the repository root, its kernels/ folder (installed
+# as fastrepulse.kernels) would then shadow the PyPI distribution `kernels`, which transformers 5.25 requires.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or os.curdir).resolve() != ROOT]
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

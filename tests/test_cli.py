@@ -208,7 +208,8 @@ def test_the_command_without_a_model_runs_the_embedded_testbed(tmp_path: Path) -
     """... and prints nothing on stderr but its progress bars: no library noise."""
     out = tmp_path / "grid.png"
     command = [sys.executable, "-m", "fastrepulse", "generate", "--images", "2", "--num-inference-steps", "4"]
-    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
+    # from tmp_path: in the repository root, kernels/ would shadow the PyPI `kernels` (see conftest.py)
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     base, repelled = _rows(out, 2)
     assert not np.array_equal(base, repelled), "the testbed preset changed nothing"

@@ -142,7 +142,8 @@ images = pipe(prompt={PROMPTS!r}, num_images_per_prompt={IMAGES}, generator=torc
               max_sequence_length=16, **{CALL!r}).images
 torch.save(images, {str(tmp_path / "images.pt")!r})
 """
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    # from tmp_path: in the repository root, kernels/ would shadow the PyPI `kernels` (see conftest.py)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=tmp_path)
     assert torch.equal(torch.load(tmp_path / "images.pt"), expected)
 
 
