@@ -11,8 +11,9 @@ Per (model, B, setting), over all groups of all seeds, from the shipped judge's 
   minus base's, in points;
 - entropy: bits per free attribute among a group's fitting images; entropy_ratio: total entropy over the data's at
   as many images (`fastrepulse.testbed.scene_diversity`: 1 follows the data, 0 is a collapse); coverage;
-  entropy_gain_pct: mean per-group free-attribute entropy over base's on the same groups, - 1, with a 95% paired
-  bootstrap interval over groups;
+  entropy_gain_pct: mean per-group free-attribute entropy (its fitting images' entropies summed over the free
+  attributes; 0 where fewer than two images fit) over base's on the same groups, - 1, with a 95% paired bootstrap
+  interval over groups (undefined, NaN, where base has no entropy at all);
 - vendi: mean over groups of the Vendi score (q=1, cosine kernel) of the judge's features; vendi_gain_pct likewise;
 - pixel_spread: mean over groups of the mean pairwise distance of the images' pixels (RGB in [0, 1], per pixel
   RMS); pixel_gain_pct against base;
@@ -65,6 +66,8 @@ TARGET_VENDI_GAIN_PCT = 10.0
 FIDELITY_TOLERANCE = 2.0
 MAX_GROUP_SIZE = 1000
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "diversity" / "scenes"
+LINE_STYLES = ("o-", "s--", "^:", "v-.", "D-", "x--")
+"""Marker and line of each contextual configuration in the Pareto plot, in turn."""
 COLORS = {"base": "black", "contextual": "#4c72b0", "cads": "#dd8452", "particle": "#55a868"}
 
 Loader = Callable[[str], Any]
@@ -85,13 +88,6 @@ class Setting:
         given = {"steps": self.steps, "blocks": self.blocks, "site": self.site}
         options = {"method": self.method, "scale": self.scale, **{k: v for k, v in given.items() if v is not None}}
         return {**options, "seed": seed} if self.method == "cads" else options
-
-    @property
-    def family(self) -> str:
-        """The line of the Pareto plot it belongs to: the method, and for contextual its steps, blocks and site."""
-        if self.method != "contextual":
-            return self.method
-        return f"contextual steps={self.steps} {self.blocks} {self.site}"
 
 
 @dataclass
@@ -206,9 +202,16 @@ def run_setting(pipe: Any, args: argparse.Namespace, prompts: list, group_size: 
     """Every seed's call under one setting, judged and scored (not yet against base)."""
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     row = Row(
-        testbed_name(pipe), group_size, setting.method, setting.scale, setting.steps, setting.blocks, setting.site,
-        args.seeds, args.seeds * len(prompts),
-    )  # fmt: skip
+        model=testbed_name(pipe),
+        group_size=group_size,
+        method=setting.method,
+        scale=setting.scale,
+        steps=setting.steps,
+        blocks=setting.blocks,
+        site=setting.site,
+        seeds=args.seeds,
+        groups=args.seeds * len(prompts),
+    )
     fitting = total = 0
     diversities, seconds = [], 0.0
     for seed in seeds:
@@ -350,6 +353,11 @@ def panels(rows: list[Row]) -> dict[tuple[str, int], list[Row]]:
     return grouped
 
 
+def family(row: Row) -> str:
+    """The line of the Pareto plot a row belongs to: its method, and for contextual its steps, blocks and site."""
+    return f"contextual steps={row.steps} {row.blocks} {row.site}" if row.method == "contextual" else row.method
+
+
 def plot_pareto(rows: list[Row], path: Path) -> None:
     """Entropy gain (top) and Vendi gain (bottom) against fidelity, one column per (model, B), one line per method
     or contextual configuration over its scales, base at the origin of the gains."""
@@ -362,19 +370,21 @@ def plot_pareto(rows: list[Row], path: Path) -> None:
             (("entropy_gain_pct", TARGET_ENTROPY_GAIN_PCT), ("vendi_gain_pct", TARGET_VENDI_GAIN_PCT)),
             strict=True,
         ):
-            families = dict.fromkeys(
-                Setting(r.method, None, r.steps, r.blocks, r.site).family for r in panel[1:] if not r.diverged
-            )
-            for family in families:
-                sweep = [
-                    r
-                    for r in panel[1:]
-                    if not r.diverged and Setting(r.method, None, r.steps, r.blocks, r.site).family == family
-                ]
-                method = sweep[0].method
-                style = {"color": COLORS[method], "alpha": 1.0 if method != "contextual" else 0.5}
-                axis.plot([r.fidelity_pct for r in sweep], [getattr(r, field_name) for r in sweep], "o-", ms=3,
-                          label=family, **style)  # fmt: skip
+            sweeps: dict[str, list[Row]] = {}
+            for row in panel[1:]:
+                if not row.diverged:
+                    sweeps.setdefault(family(row), []).append(row)
+            for index, (name, sweep) in enumerate(sweeps.items()):
+                contextual = sweep[0].method == "contextual"
+                axis.plot(
+                    [row.fidelity_pct for row in sweep],
+                    [getattr(row, field_name) for row in sweep],
+                    LINE_STYLES[index % len(LINE_STYLES)] if contextual else "o-",
+                    color=COLORS[sweep[0].method],
+                    alpha=0.6 if contextual else 1.0,
+                    markersize=3,
+                    label=name,
+                )
             axis.plot(base.fidelity_pct, 0.0, "*", color=COLORS["base"], markersize=14, label="base")
             axis.axhline(target, color="grey", linestyle=":", linewidth=1)
             axis.axvline(base.fidelity_pct - FIDELITY_TOLERANCE, color="grey", linestyle=":", linewidth=1)

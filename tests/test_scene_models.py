@@ -176,3 +176,8 @@ def test_scenes_preset_diversifies_within_the_fidelity_bound(scenes_flux) -> Non
     gain = 100 * (vendi / base_vendi - 1)
     assert gain >= MIN_GAIN, f"Vendi gain {gain:.1f}% (base {base_vendi:.3f}, repelled {vendi:.3f})"
     assert base_fidelity - fidelity <= MAX_FIDELITY_LOSS, f"fidelity {fidelity:.1f}% against {base_fidelity:.1f}%"
+
+
+def test_the_sd3_scenes_model_without_weights_says_how_to_train_them() -> None:
+    with pytest.raises(FileNotFoundError, match=r"train_scenes.py --model scenes-sd3.*trained=False"):
+        pipeline("scenes-sd3")

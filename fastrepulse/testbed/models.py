@@ -138,8 +138,8 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
 
     Raises:
         ValueError: an unknown name.
-        FileNotFoundError: the weights are missing from the installed package (reinstall it, or rerun
-            bench/train_testbed.py).
+        FileNotFoundError: the weights are missing from the installed package (reinstall it, or train them with
+            bench/train_testbed.py or bench/train_scenes.py); "scenes-sd3" ships none yet.
     """
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"testbed model must be one of {sorted(PIPELINE_CLASSES)}, got {name!r}")
@@ -149,8 +149,11 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
     if trained:
         path = WEIGHTS / f"{name}.safetensors"
         if not path.exists():
-            script = "train_scenes.py" if name in scene_models.NAMES else "train_testbed.py"
-            raise FileNotFoundError(f"{path} is missing: reinstall fastrepulse, or run bench/{script}")
+            script = f"train_scenes.py --model {name}" if name in scene_models.NAMES else "train_testbed.py"
+            raise FileNotFoundError(
+                f"{path} is missing: reinstall fastrepulse, or train the weights with bench/{script} "
+                "(scenes-sd3 ships none yet); trained=False gives the untrained pipeline"
+            )
         with safe_open(path, "pt") as weights:
             state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 (no __iter__)
             load_weights(pipe, state, weights.metadata())
