@@ -24,6 +24,7 @@ from fastrepulse.patching import patch
 DEFAULT_PRESETS = {
     "TestbedFluxPipeline": "testbed",  # a testbed folder written by save_pretrained
     "TestbedSD3Pipeline": "testbed",
+    "ScenesFluxPipeline": "scenes",
     "FluxKontextPipeline": "flux-kontext",
     "FluxPipeline": "flux-dev",
     "StableDiffusion3Pipeline": "sd3.5-large",
@@ -56,10 +57,10 @@ MIN_CELL = 256  # small images (the testbed's) are enlarged with nearest-neighbo
 LABEL_WIDTH = 220
 GAP = 4  # white pixels between images
 TITLE_HEIGHT = 28
-TESTBED_MODELS = ("testbed-flux", "testbed-sd3")
-"""The digit models shipped in the package (fastrepulse.testbed), trained here on real handwritten digits."""
-TESTBED_PRESET = "testbed"
-"""The preset `generate` starts from for the testbed models; known before they load, so it is checked before."""
+TESTBED_PRESETS = {"testbed-flux": "testbed", "testbed-sd3": "testbed", "scenes-flux": "scenes"}
+"""The models shipped in the package (fastrepulse.testbed), trained here on real handwritten digits and on rendered
+colour scenes, and the preset `generate` starts from for each: known before they load, so it is checked before."""
+TESTBED_MODELS = tuple(TESTBED_PRESETS)
 DEFAULT_PROMPT = "a handwritten 7"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LIBRARY_NOISE = (
@@ -89,14 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_format, call = _check_call(args, testbed)
         repulsion = None
         if testbed or args.preset:  # the preset is known before the model loads
-            repulsion = _repulsion(args, TESTBED_PRESET if testbed else None)
+            repulsion = _repulsion(args, TESTBED_PRESETS.get(args.model))
         else:
             _check_options(args)
     except ValueError as error:
         generate.error(str(error))
     with _without_library_noise():
         if testbed:
-            _warn_unless_a_digit(args.prompt)
+            _warn_unless_known(args.model, args.prompt)
         try:
             pipe = load_pipeline(args.model, args.device, args.dtype)
             preset, config = repulsion or _repulsion(args, DEFAULT_PRESETS.get(type(pipe).__name__))
@@ -317,8 +318,19 @@ def _without_library_noise() -> Iterator[None]:
             handler.removeFilter(_not_noise)
 
 
-def _warn_unless_a_digit(prompt: str) -> None:
+def _warn_unless_known(model: str, prompt: str) -> None:
     """One line on stderr when a testbed model gets a prompt it was never trained on; it still runs."""
+    if model.startswith("scenes-"):
+        from fastrepulse.testbed.scene_models import VOCABULARY
+
+        unknown = [word for word in prompt.split() if word not in VOCABULARY]
+        if unknown:
+            message = (
+                f'the scene models know the words of prompts such as "a small red circle at the top left on a gray '
+                f'background" ({", ".join(VOCABULARY)}), not {", ".join(map(repr, unknown))}; generating anyway'
+            )
+            print(f"fastrepulse: warning: {message}", file=sys.stderr)
+        return
     from fastrepulse.testbed import PROMPT
 
     if prompt not in {PROMPT.format(digit=digit) for digit in range(10)}:

@@ -236,3 +236,24 @@ def test_a_saved_testbed_folder_runs_as_the_testbed(tmp_path: Path, capsys) -> N
     assert main(["generate", *options[:-1], str(tmp_path / "embedded.png")]) == 0
     saved, embedded = (np.asarray(Image.open(path), dtype=np.int16) for path in (out, tmp_path / "embedded.png"))
     assert np.abs(saved - embedded).max() <= 1  # float32 weights at other alignments: one grey level at most
+
+
+def test_the_scenes_model_runs_with_its_preset(tmp_path: Path, capsys) -> None:
+    """48 x 48 images enlarged 6x; the `scenes` preset changes them; a prompt of known words gets no warning."""
+    out = tmp_path / "grid.png"
+    options = ["--prompt", "a red circle", "--images", "2", "--num-inference-steps", "4", "--out", str(out)]
+    assert main(["generate", "--model", "scenes-flux", *options]) == 0
+    assert "warning" not in capsys.readouterr().err
+    grid = np.asarray(Image.open(out))
+    cell = 48 * 6
+    assert grid.shape == (TITLE_HEIGHT + 2 * (cell + GAP), LABEL_WIDTH + 2 * (cell + GAP), 3)
+    rows = grid[TITLE_HEIGHT:, LABEL_WIDTH:]
+    assert not np.array_equal(rows[:cell], rows[cell + GAP : 2 * cell + GAP]), "the scenes preset changed nothing"
+
+
+def test_a_word_the_scenes_model_does_not_know_is_warned_about(tmp_path: Path, loads: list[str], capsys) -> None:
+    out = ["--out", str(tmp_path / "grid.png")]
+    assert _exit_status(["generate", "--model", "scenes-flux", "--prompt", "a violet circle", *out]) == 2
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith("fastrepulse: warning:") and "'violet'" in warning and "'circle'" not in warning
+    assert loads == ["scenes-flux"]
