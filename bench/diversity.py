@@ -189,11 +189,12 @@ def patch_options(args: argparse.Namespace, method: str, scale: float, seed: int
     return {"method": method, "scale": scale, **{name: value for name, value in given.items() if value is not None}}
 
 
-def generators(seed: int, digits: Sequence[int], group_size: int) -> list[torch.Generator]:
-    """One generator per image, so that a group's starting noise depends only on (seed, digit, B)."""
+def generators(seed: int, prompts: Sequence[int], group_size: int, prompts_per_seed: int = 10) -> list[torch.Generator]:
+    """One generator per image, seeded ``(seed * prompts_per_seed + prompt) * MAX_GROUP_SIZE + image``, so that a
+    group's starting noise depends only on (seed, prompt, B); `prompts` are the prompts' indices (the digits)."""
     return [
-        torch.Generator().manual_seed((seed * 10 + digit) * MAX_GROUP_SIZE + image)
-        for digit in digits
+        torch.Generator().manual_seed((seed * prompts_per_seed + prompt) * MAX_GROUP_SIZE + image)
+        for prompt in prompts
         for image in range(group_size)
     ]
 

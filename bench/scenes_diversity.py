@@ -49,7 +49,7 @@ from typing import Any
 import diffusers
 import matplotlib
 import torch
-from diversity import paired_gain, plot_grid
+from diversity import MAX_GROUP_SIZE, generators, paired_gain, plot_grid
 
 import fastrepulse
 from fastrepulse import eval as metrics
@@ -64,7 +64,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 TARGET_ENTROPY_GAIN_PCT = 25.0
 TARGET_VENDI_GAIN_PCT = 10.0
 FIDELITY_TOLERANCE = 2.0
-MAX_GROUP_SIZE = 1000
+PROMPTS_PER_SEED = 100
+"""Image i of prompt p under seed s starts from the noise of seed ``(s * PROMPTS_PER_SEED + p) * 1000 + i``."""
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "diversity" / "scenes"
 LINE_STYLES = ("o-", "s--", "^:", "v-.", "D-", "x--")
 """Marker and line of each contextual configuration in the Pareto plot, in turn."""
@@ -185,11 +186,7 @@ def settings_of(args: argparse.Namespace) -> list[Setting]:
 
 def call(pipe: Any, prompts: list, group_size: int, seed: int, quick: bool) -> tuple[torch.Tensor, float]:
     """Images [P * B, 3, H, W] in [0, 1] of every prompt under one seed, and the seconds of the call alone."""
-    noise = [
-        torch.Generator().manual_seed((seed * 100 + index) * MAX_GROUP_SIZE + image)
-        for index in range(len(prompts))
-        for image in range(group_size)
-    ]
+    noise = generators(seed, range(len(prompts)), group_size, PROMPTS_PER_SEED)
     options = {"num_inference_steps": 4} if quick else {}
     start = time.perf_counter()
     out = pipe(
@@ -441,7 +438,7 @@ def main(argv: Sequence[str] | None = None, loader: Loader | None = None) -> int
         )
     settings = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("first_images",)},
-        "noise_seed": f"(seed * 100 + prompt) * {MAX_GROUP_SIZE} + image",
+        "noise_seed": f"(seed * {PROMPTS_PER_SEED} + prompt) * {MAX_GROUP_SIZE} + image",
         "prompts": [p.text for p in prompts],
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from diversity import generators
+from scenes_diversity import PROMPTS_PER_SEED
 
 from fastrepulse.testbed import pipeline
 from fastrepulse.testbed.judge import judge
@@ -27,20 +29,12 @@ from fastrepulse.testbed.scene_diversity import group_diversity, summary
 from fastrepulse.testbed.scenes import ScenePrompt, render, sample_scene, satisfies, scene_prompts
 
 
-def generators(seed: int, prompts: int, group_size: int) -> list[torch.Generator]:
-    return [
-        torch.Generator().manual_seed((seed * 100 + prompt) * 1000 + image)
-        for prompt in range(prompts)
-        for image in range(group_size)
-    ]
-
-
 def readings_of_model(pipe, prompts: Sequence[ScenePrompt], group_size: int, seed: int, cfg: float) -> list[list]:
     """The judge's readings of one call: per prompt, its group's B readings."""
     out = pipe(
         prompt=[prompt.text for prompt in prompts],
         num_images_per_prompt=group_size,
-        generator=generators(seed, len(prompts), group_size),
+        generator=generators(seed, range(len(prompts)), group_size, PROMPTS_PER_SEED),
         **{"true_cfg_scale" if "true_cfg_scale" in pipe.call_defaults else "guidance_scale": cfg},
     )
     found = judge(out.images)[0]

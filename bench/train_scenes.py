@@ -115,11 +115,7 @@ def train_vae(pipe, steps: int, batch: int, seed: int) -> None:
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         error = (vae.decode(latents).sample - x).square() * _object_weights(drawn, x)
         loss = error.mean() + 1e-4 * posterior.kl().mean() / x[0].numel()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        descend(vae, optimizer, schedule, loss, step)
         if step % 250 == 0 or step == steps - 1:
             print(f"  vae step {step:5d}: loss {loss.item():.5f} ({time.perf_counter() - start:.0f} s)", flush=True)
     vae.eval().requires_grad_(False)
@@ -166,7 +162,7 @@ def train_transformer(pipe, steps: int, batch: int, seed: int, named: float, bac
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1) * noise
         layout = "sd3" if pipe.testbed_name == "scenes-sd3" else "flux"
         loss = F.mse_loss(velocity(pipe, layout, noisy, sigma, embeds, pooled), noise - clean)
-        descend(transformer, average, optimizer, schedule, loss, step)
+        descend(transformer, optimizer, schedule, loss, step, average)
         if step % 250 == 0 or step == steps - 1:
             print(
                 f"  {pipe.testbed_name} step {step:5d}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)",

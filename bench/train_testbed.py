@@ -124,21 +124,23 @@ def train_transformer(
         noise = torch.randn(clean.shape, generator=generator)
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1) * noise
         loss = F.mse_loss(velocity(pipe, name, noisy, sigma, embeds[prompt], pooled[prompt]), noise - clean)
-        descend(transformer, average, optimizer, schedule, loss, step)
+        descend(transformer, optimizer, schedule, loss, step, average)
         if step % 500 == 0 or step == steps - 1:
             print(f"  {name} step {step:5d}: loss {loss.item():.4f}", flush=True)
     transformer.load_state_dict(average.state_dict())
     transformer.eval().requires_grad_(False)
 
 
-def descend(module, average, optimizer, schedule, loss: torch.Tensor, step: int) -> None:
-    """One optimizer step of `module` on `loss` (gradients clipped to norm 1), then its moving average `average`
-    moved towards it (decay warming up to 0.999)."""
+def descend(module, optimizer, schedule, loss: torch.Tensor, step: int, average=None) -> None:
+    """One optimizer step of `module` on `loss` (gradients clipped to norm 1), then, if given, its moving average
+    `average` moved towards it (decay warming up to 0.999)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
     optimizer.step()
     schedule.step()
+    if average is None:
+        return
     decay = min(0.999, (1 + step) / (10 + step))
     with torch.no_grad():
         for kept, current in zip(average.parameters(), module.parameters(), strict=True):

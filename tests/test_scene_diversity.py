@@ -12,10 +12,16 @@ from fastrepulse.testbed.scene_diversity import (
     entropy,
     expected_entropy,
     group_diversity,
-    matched_objects,
     summary,
 )
-from fastrepulse.testbed.scenes import ScenePrompt, free_distribution, prompt_text, sample_scene, scene_prompts
+from fastrepulse.testbed.scenes import (
+    ScenePrompt,
+    free_distribution,
+    matched_objects,
+    prompt_text,
+    sample_scene,
+    scene_prompts,
+)
 
 
 def _prompt(objects: tuple[dict[str, str], ...], background: str | None = None) -> ScenePrompt:

@@ -124,10 +124,9 @@ PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
 def from_saved(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
     """The testbed pipeline `name` again, with its stored call defaults, from the components of a folder that
     `save_pretrained` wrote (loaded as the standard pipeline; its model_index.json carries `TESTBED_MARKER`)."""
-    classes = PIPELINE_CLASSES
-    if name not in classes:
-        raise ValueError(f"{TESTBED_MARKER} must be one of {sorted(classes)}, got {name!r}")
-    return classes[name](**pipe.components)
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"{TESTBED_MARKER} must be one of {sorted(PIPELINE_CLASSES)}, got {name!r}")
+    return PIPELINE_CLASSES[name](**pipe.components)
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:

@@ -11,7 +11,6 @@ the images could show (at most one per image) that they do show.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastrepulse.testbed.scenes import ScenePrompt, free_distribution
+from fastrepulse.testbed.scenes import ScenePrompt, free_distribution, matched_objects
 
 Attribute = tuple[int | None, str]
 """(object index in the prompt, or None for the background; attribute name)."""
@@ -64,28 +63,13 @@ def expected_entropy(probabilities: tuple[float, ...], count: int) -> float:
     return float(-terms.sum(1).mean())
 
 
-def matched_objects(reading: dict, prompt: ScenePrompt) -> list[dict] | None:
-    """The reading's objects in the prompt's order (the first order in reading order that fits), or None where the
-    reading does not fit the prompt."""
-    found = reading["objects"]
-    if len(found) != len(prompt.objects) or prompt.background not in (None, reading["background"]):
-        return None
-    for order in itertools.permutations(found):
-        if all(
-            all(obj[key] == value for key, value in named.items())
-            for obj, named in zip(order, prompt.objects, strict=True)
-        ):
-            return list(order)
-    return None
-
-
 def group_diversity(readings: Sequence[dict], prompt: ScenePrompt) -> GroupDiversity:
     """The free-attribute diversity of one group's judge readings (as `scene_attributes` gives them)."""
     fitting = [(reading, objects) for reading in readings if (objects := matched_objects(reading, prompt)) is not None]
     entropies, data, coverage = {}, {}, {}
+    if not fitting:
+        return GroupDiversity(0, entropies, data, coverage)
     for (index, key), distribution in free_distribution(prompt).items():
-        if not fitting:
-            break
         values = [reading["background"] if index is None else objects[index][key] for reading, objects in fitting]
         support = [value for value, probability in distribution.items() if probability > 0]
         entropies[index, key] = entropy(values)

@@ -123,15 +123,23 @@ def describe(scene: Scene, rng: random.Random, named: float = 0.5, background: f
 def satisfies(attributes: dict, prompt: ScenePrompt) -> bool:
     """Whether a scene's attributes (as `Scene.attributes` or the judge gives them) fit everything `prompt` names:
     as many objects, each named object one of them, the named background."""
+    return matched_objects(attributes, prompt) is not None
+
+
+def matched_objects(attributes: dict, prompt: ScenePrompt) -> list[dict] | None:
+    """The scene's objects in the prompt's order (the first order, from reading order, that fits), or None where the
+    scene does not fit the prompt (`satisfies`)."""
     found = attributes["objects"]
     if len(found) != len(prompt.objects) or prompt.background not in (None, attributes["background"]):
-        return False
+        return None
 
     def fits(obj: dict, named: dict[str, str]) -> bool:
         return all(obj[key] == value for key, value in named.items())
 
-    orders = itertools.permutations(found)
-    return any(all(fits(obj, named) for obj, named in zip(order, prompt.objects, strict=True)) for order in orders)
+    for order in itertools.permutations(found):
+        if all(fits(obj, named) for obj, named in zip(order, prompt.objects, strict=True)):
+            return list(order)
+    return None
 
 
 def check_prompt(prompt: ScenePrompt) -> None:
