@@ -2,6 +2,8 @@
 
     python bench/train_scenes.py                                # VAE, then the Flux model: into weights/
     python bench/train_scenes.py --model scenes-sd3 --vae-from fastrepulse/testbed/weights/scenes-flux.safetensors
+    python bench/train_scenes.py --resume fastrepulse/testbed/weights/scenes-flux.safetensors --lr 3e-4 --seed 1
+                                                                # continue a shipped model's training
 
 Seeded: the same arguments and thread count give the same weights, bit for bit (the thread count changes float
 summation order). Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
@@ -37,7 +39,7 @@ from safetensors.torch import save_file
 from train_testbed import descend, ship, velocity
 
 from fastrepulse.testbed.judge import accuracy, judge
-from fastrepulse.testbed.models import WEIGHTS, latent_statistics, pipeline, state_of
+from fastrepulse.testbed.models import WEIGHTS, latent_statistics, load_weights, pipeline, state_of
 from fastrepulse.testbed.scene_models import CALL_DEFAULTS, TEXT_TOKENS
 from fastrepulse.testbed.scenes import (
     BACKGROUNDS,
@@ -139,13 +141,15 @@ def _encode_text(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return embeds, pooled
 
 
-def train_transformer(pipe, steps: int, batch: int, seed: int, named: float, background: float) -> None:
-    """Rectified flow with prompt dropout on fresh described scenes; the transformer ends with its moving-average
-    weights."""
+def train_transformer(
+    pipe, steps: int, batch: int, seed: int, named: float, background: float, lr: float = 1e-3
+) -> None:
+    """Rectified flow with prompt dropout on fresh described scenes, at peak learning rate `lr`; the transformer ends
+    with its moving-average weights."""
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
     transformer = pipe.transformer.train().requires_grad_(True)
     average = copy.deepcopy(transformer).requires_grad_(False)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     schedule = _schedule(optimizer, steps)
     shift, scale = pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor
     start = time.perf_counter()
@@ -185,11 +189,30 @@ def check_fidelity(pipe, images_per_prompt: int = 8, seed: int = 0) -> float:
     return 100.0 * sum(satisfies(reading, prompt) for reading, prompt in zip(found, expected, strict=True)) / len(found)
 
 
+def _load(pipe, path: Path, component: str | None = None) -> None:
+    """Load a pipeline's weights file into `pipe`: one component's weights, or (None) every component's; the VAE's
+    latent shift and scale come with the VAE."""
+    prefix = f"{component}." if component else ""
+    with safe_open(path, "pt") as weights:
+        keys = [key for key in weights.keys() if key.startswith(prefix)]  # noqa: SIM118 (no __iter__)
+        state, latents = {key: weights.get_tensor(key) for key in keys}, weights.metadata()
+    if component is None:
+        load_weights(pipe, state, latents)
+        return
+    getattr(pipe, component).load_state_dict({key.removeprefix(prefix): value.float() for key, value in state.items()})
+    if component == "vae":
+        pipe.vae.register_to_config(**{key: float(value) for key, value in latents.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="scenes-flux", choices=sorted(CALL_DEFAULTS))
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--vae-from", type=Path, help="take the VAE from this pipeline's weights instead of training")
+    parser.add_argument(
+        "--resume", type=Path, help="start from this pipeline's weights, its VAE and transformer: a continued run"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="the transformer's peak learning rate")
     parser.add_argument("--vae-steps", type=int, default=5000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5000, help="transformer training steps")
@@ -206,19 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         pipe = pipeline(args.model, trained=False)
-    vae_path = args.vae_from or args.out / f"{args.model}-vae.safetensors"
-    if not args.vae_from:
+    vae_path = args.resume or args.vae_from or args.out / f"{args.model}-vae.safetensors"
+    if not (args.resume or args.vae_from):
         print(f"vae: {args.vae_steps} steps, batch {args.vae_batch}", flush=True)
         train_vae(pipe, args.vae_steps, args.vae_batch, args.seed)
         save_file(state_of(pipe), vae_path, metadata=latent_statistics(pipe))
-    with safe_open(vae_path, "pt") as weights:  # the transformer learns the latents of the shipped float16 VAE
-        keys = [key for key in weights.keys() if key.startswith("vae.")]  # noqa: SIM118 (no __iter__)
-        vae_state = {key.removeprefix("vae."): weights.get_tensor(key).float() for key in keys}
-        pipe.vae.register_to_config(**{key: float(value) for key, value in weights.metadata().items()})
-    pipe.vae.load_state_dict(vae_state)
+    # the transformer learns the latents of the shipped float16 VAE; a continued run takes every component (the
+    # text encoders are seeded, not trained: another --seed would draw others)
+    _load(pipe, vae_path, None if args.resume else "vae")
     pipe.vae.requires_grad_(False)
     print(f"{args.model}: {args.steps} steps, batch {args.batch}", flush=True)
-    train_transformer(pipe, args.steps, args.batch, args.seed + 1, args.named, args.background)
+    train_transformer(pipe, args.steps, args.batch, args.seed + 1, args.named, args.background, args.lr)
     ship(pipe, args.out / f"{args.model}.safetensors", start)
     print(f"{args.model}: fidelity {check_fidelity(pipe):.1f}% (8 images per benchmark prompt, seed 0)", flush=True)
     return 0

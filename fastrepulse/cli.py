@@ -57,11 +57,14 @@ MIN_CELL = 256  # small images (the testbed's) are enlarged with nearest-neighbo
 LABEL_WIDTH = 220
 GAP = 4  # white pixels between images
 TITLE_HEIGHT = 28
-TESTBED_PRESETS = {"testbed-flux": "testbed", "testbed-sd3": "testbed", "scenes-flux": "scenes"}
-"""The models shipped in the package (fastrepulse.testbed), trained here on real handwritten digits and on rendered
-colour scenes, and the preset `generate` starts from for each: known before they load, so it is checked before."""
+TESTBED_PRESETS = {"scenes-flux": "scenes", "testbed-flux": "testbed", "testbed-sd3": "testbed"}
+"""The models shipped in the package (fastrepulse.testbed), trained here on rendered colour scenes and on real
+handwritten digits, and the preset `generate` starts from for each: known before they load, so it is checked before."""
 TESTBED_MODELS = tuple(TESTBED_PRESETS)
-DEFAULT_PROMPT = "a handwritten 7"
+DEFAULT_MODEL = "scenes-flux"
+DEFAULT_PROMPT = "a red circle"
+DIGITS_PROMPT = "a handwritten 7"
+"""The default prompt of the digits testbed (embedded as testbed-flux and testbed-sd3, or saved to a folder)."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LIBRARY_NOISE = (
     "requires torchvision (not installed); falling back to",  # transformers 5, on import: processors nothing here uses
@@ -86,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, generate = _parsers()
     args = parser.parse_args(argv)
     testbed = args.model in TESTBED_MODELS
+    if testbed and args.prompt is None:
+        args.prompt = _default_prompt(args.model.removeprefix("testbed-"))
     try:
         image_format, call = _check_call(args, testbed)
         repulsion = None
@@ -105,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(
                     f"{type(pipe).__name__} takes no --image; drop it, or pass an image-conditioned --model"
                 )
+            call.setdefault("prompt", _default_prompt(getattr(pipe, "testbed_name", None)))
             handle = patch(pipe, config)
         except (OSError, ValueError, TypeError) as error:
             print(f"fastrepulse: {error}", file=sys.stderr)
@@ -116,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = f"{config.method}\nscale {config.scale:g}" + (f"\n{preset}" if preset else "")
         rows = {"base": _generate(pipe, "base", call, args.seed), label: repelled}
     try:
-        _save(grid(rows, title=args.prompt), args.out, image_format)
+        _save(grid(rows, title=call["prompt"]), args.out, image_format)
     except OSError as error:
         print(f"fastrepulse: could not write {args.out}: {error}", file=sys.stderr)
         return 2
@@ -175,11 +181,13 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     generate = commands.add_parser("generate", help="write a base-vs-repulsion grid for one prompt")
     generate.add_argument(
         "--model",
-        default=TESTBED_MODELS[0],
+        default=DEFAULT_MODEL,
         help=f"diffusers pipeline folder or hub id, or an embedded testbed model: {', '.join(TESTBED_MODELS)} "
         "(default: %(default)s)",
     )
-    generate.add_argument("--prompt", default=DEFAULT_PROMPT, help="default: %(default)r")
+    generate.add_argument(
+        "--prompt", help=f"default: {DEFAULT_PROMPT!r}, or {DIGITS_PROMPT!r} for the digits testbed (testbed-*)"
+    )
     generate.add_argument("--images", type=int, default=4, help="images per row, one group (default 4)")
     generate.add_argument("--preset", choices=sorted(PRESETS), help="default: chosen from the pipeline class")
     generate.add_argument("--method", choices=METHODS, default=None, help="default: contextual")
@@ -341,8 +349,9 @@ def _warn_unless_known(model: str, prompt: str) -> None:
 
 def _call_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline call's arguments; raises ValueError when --image cannot be read."""
-    call: dict[str, Any] = {"prompt": args.prompt, "num_images_per_prompt": args.images}
+    call: dict[str, Any] = {"num_images_per_prompt": args.images}
     optional = {
+        "prompt": args.prompt,  # None: the model's default, known once it loads
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
         "height": args.height,
@@ -355,6 +364,12 @@ def _call_arguments(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as error:
             raise ValueError(f"--image {args.image}: {error.strerror or error}; pass an image file") from None
     return call
+
+
+def _default_prompt(testbed_name: str | None) -> str:
+    """The prompt `generate` draws without --prompt: a digit for the digits testbed ("flux", "sd3"), else a red
+    circle, which the scenes models know and any text-to-image model can draw."""
+    return DIGITS_PROMPT if testbed_name in ("flux", "sd3") else DEFAULT_PROMPT
 
 
 def _generate(pipe: Any, description: str, call: dict[str, Any], seed: int) -> list[Image.Image]:

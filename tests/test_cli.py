@@ -1,4 +1,4 @@
-"""`fastrepulse generate` end to end on a tiny Flux pipeline saved to disk and on the embedded testbed."""
+"""`fastrepulse generate` end to end on a tiny Flux pipeline saved to disk and on the embedded testbeds."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from PIL import Image
 
 from fastrepulse import cli
 from fastrepulse.cli import GAP, LABEL_WIDTH, MIN_CELL, TITLE_HEIGHT, main
+from fastrepulse.config import PRESETS
+from fastrepulse.testbed import scene_attributes, scene_prompts
+from fastrepulse.testbed.scenes import satisfies
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +56,13 @@ def _exit_status(arguments: list[str]) -> int:
         return stop.code
 
 
-def _rows(path: Path, images: int) -> tuple[np.ndarray, np.ndarray]:
+def _rows(path: Path, images: int, cell: int = MIN_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """The base row and the repulsion row of a grid of `images` columns of `cell`-pixel images, labels cut off."""
     grid = np.asarray(Image.open(path))
-    step = MIN_CELL + GAP
+    step = cell + GAP
     assert grid.shape == (TITLE_HEIGHT + 2 * step, LABEL_WIDTH + images * step, 3)
     cells = grid[TITLE_HEIGHT:, LABEL_WIDTH:]
-    return cells[:MIN_CELL], cells[step : step + MIN_CELL]
+    return cells[:cell], cells[step : step + cell]
 
 
 def _files(folder: Path) -> set[Path]:
@@ -77,24 +81,26 @@ def test_generate_writes_a_base_and_a_repulsion_row(flux_folder: Path, tmp_path:
 
 
 def test_an_option_overrides_one_field_of_the_default_preset(tmp_path: Path) -> None:
-    """Each of --scale, --steps, --iterations given with the testbed preset's own value gives the preset's grid, bit
-    for bit: the option replaced that field and the preset stayed. --steps 1 shows the comparison can tell."""
+    """Each of --scale, --steps, --iterations given with the default (scenes) preset's own value gives the preset's
+    grid, bit for bit: the option replaced that field and the preset stayed. --steps 1 shows the comparison can
+    tell."""
+    scenes = PRESETS["scenes"]
     runs = {
         "preset": [],
-        "scale": ["--scale", "3e4"],
-        "steps": ["--steps", "all"],
-        "iterations": ["--iterations", "50"],
+        "scale": ["--scale", str(scenes.scale)],
+        "steps": ["--steps", str(scenes.steps)],
+        "iterations": ["--iterations", str(scenes.iterations)],
         "one step": ["--steps", "1"],
     }
     grids = {}
     for name, options in runs.items():
         out = tmp_path / f"{name}.png"
         assert (
-            _exit_status(["generate", "--images", "2", "--num-inference-steps", "3", *options, "--out", str(out)]) == 0
+            _exit_status(["generate", "--images", "2", "--num-inference-steps", "8", *options, "--out", str(out)]) == 0
         )
         grids[name] = np.asarray(Image.open(out))
     for name in ("scale", "steps", "iterations"):
-        assert np.array_equal(grids[name], grids["preset"]), f"--{name} dropped the testbed preset"
+        assert np.array_equal(grids[name], grids["preset"]), f"--{name} dropped the scenes preset"
     assert not np.array_equal(grids["one step"], grids["preset"])
 
 
@@ -195,7 +201,7 @@ def test_an_image_for_a_pipeline_that_takes_none_is_a_clear_error(flux_folder: P
 
 def test_a_prompt_the_testbed_does_not_know_is_warned_about(tmp_path: Path, loads: list[str], capsys) -> None:
     """One warning line on stderr, then the model loads all the same; a digit prompt gets none."""
-    out = ["--out", str(tmp_path / "grid.png")]
+    out = ["--model", "testbed-flux", "--out", str(tmp_path / "grid.png")]
     assert _exit_status(["generate", "--prompt", "a red cat", *out]) == 2  # 2: the test stops the loading
     warning = capsys.readouterr().err.splitlines()[0]
     assert warning.startswith("fastrepulse: warning:") and '"a handwritten <digit>"' in warning, warning
@@ -204,16 +210,27 @@ def test_a_prompt_the_testbed_does_not_know_is_warned_about(tmp_path: Path, load
     assert "warning" not in capsys.readouterr().err
 
 
-def test_the_command_without_a_model_runs_the_embedded_testbed(tmp_path: Path) -> None:
-    """... and prints nothing on stderr but its progress bars: no library noise."""
+def test_the_command_without_a_model_draws_red_circles_with_the_scenes_preset(tmp_path: Path) -> None:
+    """The embedded default: the scenes model on "a red circle", its 48 x 48 images enlarged 6x so they can be seen,
+    most of the base row red circles to the judge, the preset changing them; and nothing on stderr but the progress
+    bars: no library noise."""
     out = tmp_path / "grid.png"
-    command = [sys.executable, "-m", "fastrepulse", "generate", "--images", "2", "--num-inference-steps", "4"]
+    command = [sys.executable, "-m", "fastrepulse", "generate", "--out", str(out)]
     # from tmp_path: in the repository root, kernels/ would shadow the PyPI `kernels` (see conftest.py)
-    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    base, repelled = _rows(out, 2)
-    assert not np.array_equal(base, repelled), "the testbed preset changed nothing"
-    assert (base[:, MIN_CELL : MIN_CELL + GAP] == 255).all(), "no white gap between the images of a row"
+    zoom, size = 6, 48
+    base, repelled = _rows(out, 4, cell=size * zoom)
+    assert not np.array_equal(base, repelled), "the scenes preset changed nothing"
+    step = size * zoom + GAP
+    assert (base[:, size * zoom : step] == 255).all(), "no white gap between the images of a row"
+    images = [
+        Image.fromarray(np.ascontiguousarray(base[::zoom, column * step : column * step + size * zoom : zoom]))
+        for column in range(4)
+    ]
+    red_circle = next(prompt for prompt in scene_prompts() if prompt.text == cli.DEFAULT_PROMPT)
+    fitting = sum(satisfies(reading, red_circle) for reading in scene_attributes(images))
+    assert fitting >= 2, f"{fitting} of 4 base images are red circles"  # 3 measured (11 of a group of 16)
     progress = re.compile(r"(base|repulsion): +\d+%\|")
     noise = [line for line in result.stderr.splitlines() if line.strip() and not progress.match(line)]
     assert noise == [], "\n".join(noise)
@@ -225,7 +242,8 @@ def test_an_unknown_model_folder_is_a_clear_error(tmp_path: Path, capsys) -> Non
 
 
 def test_a_saved_testbed_folder_runs_as_the_testbed(tmp_path: Path, capsys) -> None:
-    """A folder from `save_pretrained` loads as the testbed again: its stored defaults, 8 x 8 images, its preset."""
+    """A folder from `save_pretrained` loads as the testbed again: its stored defaults, 8 x 8 images, its preset,
+    its default prompt."""
     from fastrepulse.testbed import pipeline
 
     pipeline("flux").save_pretrained(tmp_path / "testbed")
@@ -233,22 +251,9 @@ def test_a_saved_testbed_folder_runs_as_the_testbed(tmp_path: Path, capsys) -> N
     options = ["--images", "2", "--num-inference-steps", "2", "--out", str(out)]
     assert main(["generate", "--model", str(tmp_path / "testbed"), *options]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert main(["generate", *options[:-1], str(tmp_path / "embedded.png")]) == 0
+    assert main(["generate", "--model", "testbed-flux", *options[:-1], str(tmp_path / "embedded.png")]) == 0
     saved, embedded = (np.asarray(Image.open(path), dtype=np.int16) for path in (out, tmp_path / "embedded.png"))
     assert np.abs(saved - embedded).max() <= 1  # float32 weights at other alignments: one grey level at most
-
-
-def test_the_scenes_model_runs_with_its_preset(tmp_path: Path, capsys) -> None:
-    """48 x 48 images enlarged 6x; the `scenes` preset changes them; a prompt of known words gets no warning."""
-    out = tmp_path / "grid.png"
-    options = ["--prompt", "a red circle", "--images", "2", "--num-inference-steps", "4", "--out", str(out)]
-    assert main(["generate", "--model", "scenes-flux", *options]) == 0
-    assert "warning" not in capsys.readouterr().err
-    grid = np.asarray(Image.open(out))
-    cell = 48 * 6
-    assert grid.shape == (TITLE_HEIGHT + 2 * (cell + GAP), LABEL_WIDTH + 2 * (cell + GAP), 3)
-    rows = grid[TITLE_HEIGHT:, LABEL_WIDTH:]
-    assert not np.array_equal(rows[:cell], rows[cell + GAP : 2 * cell + GAP]), "the scenes preset changed nothing"
 
 
 def test_a_word_the_scenes_model_does_not_know_is_warned_about(tmp_path: Path, loads: list[str], capsys) -> None:
