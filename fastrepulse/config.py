@@ -134,8 +134,9 @@ PRESETS: dict[str, RepulsionConfig] = {
     "sd3.5-turbo": RepulsionConfig(scale=1e6, steps=1, iterations=100),  # eta 1e5 .. 1e7, 4 steps, no CFG
     # What bench/diversity.py recommends for the testbed digit models (docs/diversity.md): every step.
     "testbed": RepulsionConfig(scale=3e4, steps="all", iterations=50),
-    # What bench/scenes_diversity.py recommends for the scenes-flux model: the first 25% of its 20 steps, the late
-    # third of its blocks, at the block output (docs/diversity.md: feature-Vendi +10%, free-attribute entropy +3..5%).
+    # What bench/scenes_diversity.py recommends for the scene models: the first 25% of their 20 steps, the late third
+    # of the blocks, at the block output (docs/diversity.md, held-out seeds: Flux feature-Vendi +11..13% and
+    # free-attribute entropy +15..22% at unchanged fidelity; SD3 Vendi +3..5%).
     "scenes": RepulsionConfig(scale=1e5, steps=5, iterations=50, blocks="late", site="block"),
 }
 

@@ -138,7 +138,7 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
     Raises:
         ValueError: an unknown name.
         FileNotFoundError: the weights are missing from the installed package (reinstall it, or train them with
-            bench/train_testbed.py or bench/train_scenes.py); "scenes-sd3" ships none yet.
+            bench/train_testbed.py or bench/train_scenes.py).
     """
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"testbed model must be one of {sorted(PIPELINE_CLASSES)}, got {name!r}")
@@ -150,8 +150,8 @@ def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
         if not path.exists():
             script = f"train_scenes.py --model {name}" if name in scene_models.NAMES else "train_testbed.py"
             raise FileNotFoundError(
-                f"{path} is missing: reinstall fastrepulse, or train the weights with bench/{script} "
-                "(scenes-sd3 ships none yet); trained=False gives the untrained pipeline"
+                f"{path} is missing: reinstall fastrepulse, or train the weights with bench/{script}; "
+                "trained=False gives the untrained pipeline"
             )
         with safe_open(path, "pt") as weights:
             state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 (no __iter__)

@@ -9,8 +9,7 @@ Every component is a diffusers or transformers class made from constructor argum
 - a flow-matching Euler scheduler.
 
 `bench/train_scenes.py` trains them and writes `weights/scenes-<model>.safetensors`;
-`fastrepulse.testbed.pipeline("scenes-flux")` loads them. The SD3 model ships no weights yet:
-`pipeline("scenes-sd3", trained=False)` is its architecture.
+`fastrepulse.testbed.pipeline("scenes-flux")` and `pipeline("scenes-sd3")` load them.
 """
 
 from __future__ import annotations
