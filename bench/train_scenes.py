@@ -2,8 +2,8 @@
 
     python bench/train_scenes.py                                # VAE, then the Flux model: into weights/
     python bench/train_scenes.py --model scenes-sd3 --vae-from fastrepulse/testbed/weights/scenes-flux.safetensors
-    python bench/train_scenes.py --resume fastrepulse/testbed/weights/scenes-flux.safetensors --lr 3e-4 --seed 1
-                                                                # continue a shipped model's training
+    python bench/train_scenes.py --resume fastrepulse/testbed/weights/scenes-flux.safetensors --lr 3e-4 \
+        --steps 4000 --seed 1 --threads 1                       # then continue it: the shipped Flux weights
 
 Seeded: the same arguments and thread count give the same weights, bit for bit (the thread count changes float
 summation order). Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
