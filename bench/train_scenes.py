@@ -5,8 +5,10 @@
     python bench/train_scenes.py --resume fastrepulse/testbed/weights/scenes-flux.safetensors --lr 3e-4 \
         --steps 4000 --seed 1 --threads 1                       # then continue it: the shipped Flux weights
 
-Seeded: the same arguments and thread count give the same weights, bit for bit (the thread count changes float
-summation order). Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
+Seeded, but not bit for bit: five repeats of a 30-step run with the same arguments and thread count gave two
+distinct weight files, whether on 1 or 2 threads, for Flux and SD3 (some float32 CPU kernel varies between runs;
+MKL_CBWR=COMPATIBLE did not change it). A rerun follows the same recipe on the same data, not to the same bytes.
+Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
 described by a prompt that names each attribute with probability `--named` and the background with `--background`
 (`scenes.describe`), so every prompt's free attributes follow the data's exact distribution.
 
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--named", type=float, default=0.7, help="chance that a prompt names each attribute")
     parser.add_argument("--background", type=float, default=0.5, help="chance that a prompt names the background")
-    parser.add_argument("--threads", type=int, default=2, help="the weights depend on it, bit for bit")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
