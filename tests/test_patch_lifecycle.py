@@ -20,8 +20,7 @@ from PIL import Image
 import fastrepulse
 from fastrepulse.scheduler import unwrap_scheduler
 from fastrepulse.testbed import PROMPT, pipeline
-from fastrepulse.testbed.digits import SIZE
-from fastrepulse.testbed.models import CALL_DEFAULTS, TESTBED_MARKER
+from fastrepulse.testbed.models import TESTBED_MARKER
 
 CALL = {"num_inference_steps": 4, "height": pipelines.HEIGHT, "width": pipelines.WIDTH, "output_type": "latent"}
 PROMPTS = ["a red cat", "a blue dog"]
@@ -173,9 +172,19 @@ def test_a_second_concurrent_call_is_refused_and_the_first_completes() -> None:
     assert torch.equal(_generate(pipe), expected)  # and the pipeline takes calls again
 
 
-@pytest.mark.parametrize(("name", "cls"), [("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)])
-def test_a_saved_testbed_loads_as_the_standard_pipeline(tmp_path: Path, name: str, cls: type) -> None:
-    """Offline: the saved folder holds every component, tokenizers included. The marker tells it is the testbed."""
+SAVED_AS = {
+    "flux": (FluxPipeline, PROMPT.format(digit=7)),
+    "sd3": (StableDiffusion3Pipeline, PROMPT.format(digit=7)),
+    "scenes-flux": (FluxPipeline, "a red circle"),
+    "scenes-sd3": (StableDiffusion3Pipeline, "a red circle"),
+}
+"""Each testbed pipeline: the standard diffusers class it saves as, and a prompt it knows."""
+
+
+@pytest.mark.parametrize(("name", "cls", "prompt"), [(name, *saved) for name, saved in SAVED_AS.items()], ids=SAVED_AS)
+def test_a_saved_testbed_loads_as_the_standard_pipeline(tmp_path: Path, name: str, cls: type, prompt: str) -> None:
+    """Offline: the saved folder holds every component, tokenizers included. The marker tells it is the testbed;
+    with the testbed's stored defaults passed explicitly, the standard pipeline draws the testbed's images."""
     testbed = pipeline(name)
     testbed.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == cls.__name__
@@ -183,8 +192,7 @@ def test_a_saved_testbed_loads_as_the_standard_pipeline(tmp_path: Path, name: st
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(loaded) is cls
     loaded.set_progress_bar_config(disable=True)
-    prompt = PROMPT.format(digit=7)
-    settings = {"height": SIZE, "width": SIZE, "output_type": "pt", **CALL_DEFAULTS[name]}
+    settings = {"height": testbed.size, "width": testbed.size, "output_type": "pt", **testbed.call_defaults}
     images = loaded(prompt=prompt, num_images_per_prompt=2, generator=torch.Generator().manual_seed(3), **settings)
     generator = torch.Generator().manual_seed(3)
     expected = testbed(prompt=prompt, num_images_per_prompt=2, generator=generator, output_type="pt")

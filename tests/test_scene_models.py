@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from safetensors import safe_open
 
 import fastrepulse
 from fastrepulse import eval as metrics
 from fastrepulse.testbed import models, pipeline, scene_attributes, scene_prompts
 from fastrepulse.testbed.judge import judge
-from fastrepulse.testbed.models import TESTBED_MARKER, WEIGHTS, trainable
+from fastrepulse.testbed.models import WEIGHTS, trainable
 from fastrepulse.testbed.scene_models import CALL_DEFAULTS, CLIP_TOKENS, NAMES, TEXT_TOKENS, VOCABULARY
 from fastrepulse.testbed.scenes import CELL, GRID, SIZE, ScenePrompt, prompt_text, satisfies
 
@@ -117,20 +116,6 @@ def test_the_stored_defaults_are_the_diffusers_call_with_the_documented_settings
         .images
     )
     assert all(a.tobytes() == b.tobytes() for a, b in zip(images, explicit, strict=True))
-
-
-def test_a_saved_scenes_pipeline_loads_as_the_standard_pipeline(scenes_pipe, tmp_path: Path) -> None:
-    name, cls = scenes_pipe.testbed_name, PIPELINE_CLASS[scenes_pipe.testbed_name]
-    scenes_pipe.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == cls.__name__
-    assert DiffusionPipeline.load_config(tmp_path)[TESTBED_MARKER] == name
-    loaded = DiffusionPipeline.from_pretrained(tmp_path)
-    assert type(loaded) is cls
-    loaded.set_progress_bar_config(disable=True)
-    settings = {"height": SIZE, "width": SIZE, "output_type": "pt", **CALL_DEFAULTS[name]}
-    images = _call(loaded, ["a red circle"], 2, seed=5, **settings).images
-    expected = _call(scenes_pipe, ["a red circle"], 2, seed=5, output_type="pt").images
-    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)  # other alignments: other float32 sums
 
 
 def test_patched_at_scale_zero_and_after_unpatching_the_images_are_the_same(scenes_pipe) -> None:
