@@ -89,8 +89,8 @@ def build(name: str, pipeline_class: type) -> Any:
     subclass of the diffusers pipeline)."""
     clip_tokenizer = clip_words()
     ids = {"bos": clip_tokenizer.bos_token_id, "eos": clip_tokenizer.eos_token_id, "vocab_size": len(clip_tokenizer)}
-    t5 = {"text_encoder_3" if name == "scenes-sd3" else "text_encoder_2": t5_encoder(TEXT_WIDTH, len(t5_words()))}
-    t5["tokenizer_3" if name == "scenes-sd3" else "tokenizer_2"] = t5_words()
+    t5_tokenizer, t5_slot = t5_words(), "_3" if name == "scenes-sd3" else "_2"
+    t5 = {f"text_encoder{t5_slot}": t5_encoder(TEXT_WIDTH, len(t5_tokenizer)), f"tokenizer{t5_slot}": t5_tokenizer}
     if name == "scenes-flux":
         transformer = FluxTransformer2DModel(
             patch_size=1,
