@@ -4,12 +4,16 @@
     python bench/train_scenes.py --model scenes-sd3 --vae-from fastrepulse/testbed/weights/scenes-flux.safetensors
     python bench/train_scenes.py --resume fastrepulse/testbed/weights/scenes-flux.safetensors --lr 3e-4 \
         --steps 4000 --seed 1 --threads 1                       # then continue it: the shipped Flux weights
+    python bench/train_scenes.py --model scenes-chroma --vae-from fastrepulse/testbed/weights/scenes-flux.safetensors \
+        --steps 8000                                            # Chroma, on Flux's VAE
 
-Seeded, but not bit for bit: five repeats of a 30-step run with the same arguments and thread count gave two
-distinct weight files, whether on 1 or 2 threads, for Flux and SD3 (some float32 CPU kernel varies between runs;
-MKL_CBWR=COMPATIBLE did not change it). A rerun follows the same recipe on the same data, not to the same bytes.
-Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each
-described by a prompt that names each attribute with probability `--named` and the background with `--background`
+Seeded and reproducible bit for bit with the same arguments and thread count: three runs of VAE and SD3 stages on
+2 threads, and eleven of a Flux stage on 1 thread, trained the same weights. Compare weights by the digest printed
+(`fastrepulse.testbed.models.weights_digest`), not by the file's bytes: safetensors writes its metadata in an order
+that changes from run to run.
+
+Training scenes are drawn fresh from `fastrepulse.testbed.scenes` (every attribute free), each described by a
+prompt that names each attribute with probability `--named` and the background with `--background`
 (`scenes.describe`), so every prompt's free attributes follow the data's exact distribution.
 
 - The VAE learns to reconstruct the scenes: MSE with object pixels weighted up (objects cover a few percent of the
@@ -132,8 +136,14 @@ def train_vae(pipe, steps: int, batch: int, seed: int) -> None:
 
 
 def _encode_text(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text and pooled embeddings as the pipeline computes them for its transformer."""
+    """Text embeddings as the pipeline computes them for its transformer, and the pooled embeddings (Chroma: the
+    text's attention mask)."""
     with torch.no_grad():
+        if pipe.testbed_name == "scenes-chroma":
+            embeds, _, mask, *_ = pipe.encode_prompt(
+                prompts, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS
+            )
+            return embeds, mask
         if pipe.testbed_name == "scenes-sd3":
             embeds, _, pooled, _ = pipe.encode_prompt(
                 prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=TEXT_TOKENS
@@ -141,6 +151,24 @@ def _encode_text(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         else:
             embeds, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=TEXT_TOKENS)
     return embeds, pooled
+
+
+def _velocity(pipe, noisy: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor):
+    """The transformer's velocity for latents [N, 16, 6, 6], called exactly as the pipeline calls it (`pooled`:
+    Chroma's text mask)."""
+    if pipe.testbed_name != "scenes-chroma":
+        return velocity(pipe, "sd3" if pipe.testbed_name == "scenes-sd3" else "flux", noisy, sigma, embeds, pooled)
+    n, c, h, w = noisy.shape
+    packed = pipe._pack_latents(noisy, n, c, h, w)
+    out = pipe.transformer(
+        hidden_states=packed,
+        timestep=sigma,
+        encoder_hidden_states=embeds,
+        txt_ids=torch.zeros(embeds.shape[1], 3),
+        img_ids=pipe._prepare_latent_image_ids(n, h // 2, w // 2, noisy.device, noisy.dtype),
+        attention_mask=pipe._prepare_attention_mask(n, packed.shape[1], noisy.dtype, pooled),
+    ).sample
+    return pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
 
 
 def train_transformer(
@@ -166,8 +194,7 @@ def train_transformer(
         sigma = torch.rand(batch, generator=generator)
         noise = torch.randn(clean.shape, generator=generator)
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1) * noise
-        layout = "sd3" if pipe.testbed_name == "scenes-sd3" else "flux"
-        loss = F.mse_loss(velocity(pipe, layout, noisy, sigma, embeds, pooled), noise - clean)
+        loss = F.mse_loss(_velocity(pipe, noisy, sigma, embeds, pooled), noise - clean)
         descend(transformer, optimizer, schedule, loss, step, average)
         if step % 250 == 0 or step == steps - 1:
             print(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from fastrepulse.testbed.models import (
     load_weights,
     pipeline,
     state_of,
+    weights_digest,
 )
 
 PROMPT_DROPOUT = 0.1
@@ -149,12 +149,14 @@ def descend(module, optimizer, schedule, loss: torch.Tensor, step: int, average=
 
 def ship(pipe, path: Path, start: float) -> None:
     """Write the pipeline's float16 weights to `path` and load them back, so that what is judged next is what ships;
-    print the file's size and digest and the seconds since `start`."""
+    print the file's size, its weights' digest (`weights_digest`) and the seconds since `start`."""
     save_file(state_of(pipe), path, metadata=latent_statistics(pipe))
     load_weights(pipe, load_file(path), latent_statistics(pipe))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     size_mb = path.stat().st_size / 2**20
-    print(f"{path.stem}: wrote {path} ({size_mb:.2f} MiB, sha256 {digest}) after {time.perf_counter() - start:.0f} s")
+    print(
+        f"{path.stem}: wrote {path} ({size_mb:.2f} MiB, weights sha256 {weights_digest(path)}) "
+        f"after {time.perf_counter() - start:.0f} s"
+    )
 
 
 def check_fidelity(pipe, images_per_digit: int = 8) -> float:

@@ -5,11 +5,12 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import fastrepulse
 from fastrepulse import eval as metrics
 from fastrepulse.testbed import PROMPT, classify, pipeline
-from fastrepulse.testbed.models import WEIGHTS, trainable
+from fastrepulse.testbed.models import WEIGHTS, trainable, weights_digest
 
 PIPELINE_CLASSES = {"flux": FluxPipeline, "sd3": StableDiffusion3Pipeline}
 DOCUMENTED_DEFAULTS = {
@@ -131,3 +132,17 @@ def test_testbed_preset_diversifies_within_the_fidelity_bound() -> None:
     assert gain >= MIN_GAIN, f"Vendi gain {gain:.1f}% (base {base_vendi:.3f}, repelled {vendi:.3f})"
     loss = base_fidelity - fidelity
     assert loss <= MAX_FIDELITY_LOSS, f"fidelity {fidelity:.1f}% against {base_fidelity:.1f}% at base"
+
+
+def test_the_weights_digest_names_the_tensors_not_the_file_bytes(tmp_path) -> None:
+    """Two files of the same weights, their metadata written in either order, have one digest; a changed tensor or
+    metadata value gives another."""
+    state = {"b.weight": torch.randn(3, 4).half(), "a.bias": torch.randn(5).half()}
+    metadata = {"shift_factor": "0.5", "scaling_factor": "2.0"}
+    save_file(state, tmp_path / "one.safetensors", metadata=metadata)
+    save_file(dict(reversed(state.items())), tmp_path / "two.safetensors", metadata=dict(reversed(metadata.items())))
+    save_file({**state, "a.bias": state["a.bias"] + 1}, tmp_path / "tensor.safetensors", metadata=metadata)
+    save_file(state, tmp_path / "metadata.safetensors", metadata={**metadata, "scaling_factor": "2.5"})
+    digests = {path.stem: weights_digest(path) for path in tmp_path.iterdir()}
+    assert digests["one"] == digests["two"]
+    assert len({digests["one"], digests["tensor"], digests["metadata"]}) == 3

@@ -10,6 +10,7 @@ trained weights shipped in `weights/<name>.safetensors`; `bench/train_testbed.py
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    ChromaPipeline,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -112,11 +114,20 @@ class ScenesSD3Pipeline(_Defaults, StableDiffusion3Pipeline):
     size = scene_models.SIZE
 
 
+class ScenesChromaPipeline(_Defaults, ChromaPipeline):
+    """ChromaPipeline with the scenes testbed's stored defaults."""
+
+    testbed_name = "scenes-chroma"
+    call_defaults = scene_models.CALL_DEFAULTS["scenes-chroma"]
+    size = scene_models.SIZE
+
+
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "flux": TestbedFluxPipeline,
     "sd3": TestbedSD3Pipeline,
     "scenes-flux": ScenesFluxPipeline,
     "scenes-sd3": ScenesSD3Pipeline,
+    "scenes-chroma": ScenesChromaPipeline,
 }
 """Every testbed pipeline by name: the digit models and the scene models."""
 
@@ -130,8 +141,8 @@ def from_saved(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
 
 
 def pipeline(name: str, *, trained: bool = True) -> DiffusionPipeline:
-    """The testbed pipeline `name` (the digits' "flux" or "sd3", the scenes' "scenes-flux" or "scenes-sd3") on the
-    CPU in float32, with its trained weights.
+    """The testbed pipeline `name` (the digits' "flux" or "sd3", the scenes' "scenes-flux", "scenes-sd3" or
+    "scenes-chroma") on the CPU in float32, with its trained weights.
 
     `trained=False` gives the same architecture with its seeded initial weights (what training starts from).
 
@@ -191,6 +202,21 @@ def _same_layout(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str
 def latent_statistics(pipe: DiffusionPipeline) -> dict[str, str]:
     """The VAE's latent shift and scaling factors as safetensors metadata."""
     return {key: repr(float(pipe.vae.config[key])) for key in ("shift_factor", "scaling_factor")}
+
+
+def weights_digest(path: Path) -> str:
+    """The identity of a weights file: sha256 (16 hex digits) of its metadata and tensors, each in name order. The
+    file's own bytes are not one: safetensors writes the metadata in an order that changes from process to process,
+    so two runs that train the same weights can write two different files."""
+    digest = hashlib.sha256()
+    with safe_open(path, "pt") as weights:
+        for key, value in sorted(weights.metadata().items()):
+            digest.update(f"{key}={value}\n".encode())
+        for key in sorted(weights.keys()):  # noqa: SIM118 (no __iter__)
+            tensor = weights.get_tensor(key)
+            digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def state_of(pipe: DiffusionPipeline) -> dict[str, torch.Tensor]:
