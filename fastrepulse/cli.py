@@ -58,7 +58,13 @@ MIN_CELL = 256  # small images (the testbed's) are enlarged with nearest-neighbo
 LABEL_WIDTH = 220
 GAP = 4  # white pixels between images
 TITLE_HEIGHT = 28
-TESTBED_PRESETS = {"scenes-flux": "scenes", "scenes-sd3": "scenes", "testbed-flux": "testbed", "testbed-sd3": "testbed"}
+TESTBED_PRESETS = {
+    "scenes-flux": "scenes",
+    "scenes-sd3": "scenes",
+    "scenes-chroma": "scenes",
+    "testbed-flux": "testbed",
+    "testbed-sd3": "testbed",
+}
 """The models shipped in the package (fastrepulse.testbed), trained here on rendered colour scenes and on real
 handwritten digits, and the preset `generate` starts from for each: known before they load, so it is checked before."""
 TESTBED_MODELS = tuple(TESTBED_PRESETS)

@@ -1,22 +1,30 @@
-"""The scenes testbed's generators: small Flux and SD3 pipelines trained on rendered colour scenes, built offline.
+"""The scenes testbed's generators: small Flux, SD3 and Chroma pipelines trained on rendered colour scenes, built
+offline.
 
 Every component is a diffusers or transformers class made from constructor arguments:
 - a VAE with three downsamplings (48 x 48 RGB to 16-channel 6 x 6 latents), so that a pipeline's 2 x 2 latent
   patch, one image token, covers one 16 x 16 cell of the scene's grid: 9 image tokens;
-- the transformer (Flux: 3 joint and 3 single-stream blocks; SD3: 4 joint blocks; width 128);
-- CLIP and T5 text encoders with word-level tokenizers (fixed random weights, shipped with the rest: the
-  transformer learns to read them), one token per word of the scene prompts;
+- the transformer (Flux and Chroma: 3 joint and 3 single-stream blocks; SD3: 4 joint blocks; width 128);
+- CLIP and T5 text encoders (Chroma: T5 alone, its pads masked) with word-level tokenizers (fixed random weights,
+  shipped with the rest: the transformer learns to read them), one token per word of the scene prompts;
 - a flow-matching Euler scheduler.
 
 `bench/train_scenes.py` trains them and writes `weights/scenes-<model>.safetensors`;
-`fastrepulse.testbed.pipeline("scenes-flux")` and `pipeline("scenes-sd3")` load them.
+`fastrepulse.testbed.pipeline("scenes-flux")`, `pipeline("scenes-sd3")` and `pipeline("scenes-chroma")` load them.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    ChromaTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from fastrepulse.testbed import scenes
@@ -39,7 +47,7 @@ CLIP_TOKENS = 24
 TEXT_WIDTH = 64
 CLIP_WIDTH = 32
 LATENT_CHANNELS = 16
-NAMES = ("scenes-flux", "scenes-sd3")
+NAMES = ("scenes-flux", "scenes-sd3", "scenes-chroma")
 
 CALL_DEFAULTS: dict[str, dict[str, Any]] = {
     "scenes-flux": {
@@ -49,9 +57,15 @@ CALL_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_sequence_length": TEXT_TOKENS,
     },
     "scenes-sd3": {"num_inference_steps": 20, "guidance_scale": 3.0, "max_sequence_length": TEXT_TOKENS},
+    "scenes-chroma": {
+        "num_inference_steps": 20,
+        "guidance_scale": 3.0,
+        "negative_prompt": "",
+        "max_sequence_length": TEXT_TOKENS,
+    },
 }
 """The scene models by name, with their stored call defaults: 20 Euler steps, classifier-free guidance 3 (true CFG
-for Flux), 48 x 48 pixels."""
+for Flux and Chroma), 48 x 48 pixels."""
 
 
 def vae() -> AutoencoderKL:
@@ -84,14 +98,37 @@ def clip_words():
     )
 
 
+def _chroma_transformer() -> ChromaTransformer2DModel:
+    """Flux's scenes transformer as Chroma: T5 alone, and one small network (the approximator) that gives every
+    block its modulation from the timestep."""
+    return ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,  # packed as Flux's: one token per cell
+        num_layers=3,
+        num_single_layers=3,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=TEXT_WIDTH,
+        axes_dims_rope=(8, 12, 12),
+        approximator_num_channels=32,
+        approximator_hidden_dim=128,
+        approximator_layers=2,
+    )
+
+
 def build(name: str, pipeline_class: type) -> Any:
-    """The untrained scenes pipeline `name` ("scenes-flux" or "scenes-sd3") as `pipeline_class` (the testbed's
-    subclass of the diffusers pipeline)."""
+    """The untrained scenes pipeline `name` (one of `NAMES`) as `pipeline_class` (the testbed's subclass of the
+    diffusers pipeline)."""
     clip_tokenizer = clip_words()
     ids = {"bos": clip_tokenizer.bos_token_id, "eos": clip_tokenizer.eos_token_id, "vocab_size": len(clip_tokenizer)}
-    t5_tokenizer, t5_slot = t5_words(), "_3" if name == "scenes-sd3" else "_2"
+    t5_tokenizer, t5_slot = t5_words(), {"scenes-flux": "_2", "scenes-sd3": "_3", "scenes-chroma": ""}[name]
     t5 = {f"text_encoder{t5_slot}": t5_encoder(TEXT_WIDTH, len(t5_tokenizer)), f"tokenizer{t5_slot}": t5_tokenizer}
-    if name == "scenes-flux":
+    if name == "scenes-chroma":
+        with warnings.catch_warnings():  # diffusers' own Chroma still builds the FluxPosEmbed it deprecates
+            warnings.filterwarnings("ignore", message="`FluxPosEmbed` is deprecated", category=FutureWarning)
+            transformer = _chroma_transformer()
+        clip = {}
+    elif name == "scenes-flux":
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=4 * LATENT_CHANNELS,  # the pipeline packs 2 x 2 latent pixels: one token per cell
