@@ -236,6 +236,17 @@ def test_the_command_without_a_model_draws_red_circles_with_the_scenes_preset(tm
     assert noise == [], "\n".join(noise)
 
 
+@pytest.mark.parametrize("model", ["scenes-sd3", "scenes-chroma"])
+def test_every_embedded_scenes_model_runs_with_the_scenes_preset(model: str, tmp_path: Path, capsys) -> None:
+    """The other scene models (the default test runs scenes-flux): the grid of their 48 x 48 images, the preset
+    changing them."""
+    out = tmp_path / "grid.png"
+    options = ["--images", "2", "--num-inference-steps", "4", "--out", str(out)]
+    assert main(["generate", "--model", model, *options]) == 0, capsys.readouterr().err
+    base, repelled = _rows(out, 2, cell=48 * 6)
+    assert not np.array_equal(base, repelled), f"the scenes preset changed nothing on {model}"
+
+
 def test_an_unknown_model_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
     assert "missing" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from pathlib import Path
 import pipelines
 import pytest
 import torch
-from diffusers import DiffusionPipeline, FluxKontextPipeline, FluxPipeline, StableDiffusion3Pipeline
+from diffusers import ChromaPipeline, DiffusionPipeline, FluxKontextPipeline, FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
 
 import fastrepulse
@@ -177,6 +177,7 @@ SAVED_AS = {
     "sd3": (StableDiffusion3Pipeline, PROMPT.format(digit=7)),
     "scenes-flux": (FluxPipeline, "a red circle"),
     "scenes-sd3": (StableDiffusion3Pipeline, "a red circle"),
+    "scenes-chroma": (ChromaPipeline, "a red circle"),
 }
 """Each testbed pipeline: the standard diffusers class it saves as, and a prompt it knows."""
 
