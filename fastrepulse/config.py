@@ -136,7 +136,7 @@ PRESETS: dict[str, RepulsionConfig] = {
     "testbed": RepulsionConfig(scale=3e4, steps="all", iterations=50),
     # What bench/scenes_diversity.py recommends for the scene models: the first 25% of their 20 steps, the late third
     # of the blocks, at the block output (docs/diversity.md, held-out seeds: Flux feature-Vendi +11..13% and
-    # free-attribute entropy +15..22% at unchanged fidelity; SD3 Vendi +3..5%).
+    # free-attribute entropy +15..22% at unchanged fidelity; Chroma Vendi +8..9%, fidelity +2.6..3.5; SD3 Vendi +3..5%).
     "scenes": RepulsionConfig(scale=1e5, steps=5, iterations=50, blocks="late", site="block"),
 }
 
