@@ -22,10 +22,6 @@ from fastrepulse.config import METHODS, PRESETS, RepulsionConfig, make_config
 from fastrepulse.patching import patch
 
 DEFAULT_PRESETS = {
-    "TestbedFluxPipeline": "testbed",  # a testbed folder written by save_pretrained
-    "TestbedSD3Pipeline": "testbed",
-    "ScenesFluxPipeline": "scenes",
-    "ScenesSD3Pipeline": "scenes",
     "FluxKontextPipeline": "flux-kontext",
     "FluxPipeline": "flux-dev",
     "StableDiffusion3Pipeline": "sd3.5-large",
@@ -112,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _warn_unless_known(args.model, args.prompt)
         try:
             pipe = load_pipeline(args.model, args.device, args.dtype)
-            preset, config = repulsion or _repulsion(args, DEFAULT_PRESETS.get(type(pipe).__name__))
+            preset, config = repulsion or _repulsion(args, _pipeline_preset(pipe))
             if args.image and "image" not in inspect.signature(pipe.__call__).parameters:
                 raise ValueError(
                     f"{type(pipe).__name__} takes no --image; drop it, or pass an image-conditioned --model"
@@ -263,6 +259,15 @@ def _repulsion(args: argparse.Namespace, class_preset: str | None) -> tuple[str 
     if args.preset is None and preset is not None and args.method not in (None, PRESETS[preset].method):
         preset = None
     return preset, make_config(preset, args.method, _options(args))
+
+
+def _pipeline_preset(pipe: Any) -> str | None:
+    """The preset `generate` starts from for a loaded pipeline: a testbed's own (a folder that save_pretrained wrote
+    loads as the testbed, `fastrepulse.testbed.models.from_saved`), else its class's."""
+    name = getattr(pipe, "testbed_name", None)
+    if name is None:
+        return DEFAULT_PRESETS.get(type(pipe).__name__)
+    return TESTBED_PRESETS[name if name.startswith("scenes-") else f"testbed-{name}"]
 
 
 def _check_device(device: str) -> None:

@@ -247,6 +247,24 @@ def test_every_embedded_scenes_model_runs_with_the_scenes_preset(model: str, tmp
     assert not np.array_equal(base, repelled), f"the scenes preset changed nothing on {model}"
 
 
+@pytest.mark.parametrize("model", ["scenes-flux", "scenes-sd3", "scenes-chroma"])
+def test_a_saved_scenes_folder_runs_with_the_scenes_preset(model: str, tmp_path: Path, capsys) -> None:
+    """A scenes model saved with save_pretrained loads as the testbed again, and `generate` starts from its preset,
+    as for the embedded model (one grey level apart at most: float32 weights at other alignments)."""
+    from fastrepulse.testbed import pipeline
+
+    pipeline(model).save_pretrained(tmp_path / "saved")
+    options = ["--images", "2", "--num-inference-steps", "2", "--out"]
+    assert main(["generate", "--model", str(tmp_path / "saved"), *options, str(tmp_path / "saved.png")]) == 0, (
+        capsys.readouterr().err
+    )
+    assert main(["generate", "--model", model, *options, str(tmp_path / "embedded.png")]) == 0
+    saved, embedded = (
+        np.asarray(Image.open(tmp_path / name), dtype=np.int16) for name in ("saved.png", "embedded.png")
+    )
+    assert np.abs(saved - embedded).max() <= 1
+
+
 def test_an_unknown_model_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
     assert "missing" in capsys.readouterr().err
